@@ -1,0 +1,164 @@
+"""The `workbench` command: open a model, `eval`, `train` (and later verbs as they land).
+
+Every `WorkbenchError` ends the command with its one line on stderr and exit status 2; nothing
+here computes anything itself, it parses flags and calls the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+VERBS = ("eval", "train", "open")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("WORKBENCH_LOG", "WARNING"))
+    verb = args[0] if args and args[0] in VERBS else "open"
+    if args and args[0] == verb:
+        args = args[1:]
+    handlers: dict[str, Callable[[list[str]], int]] = {
+        "open": cmd_open, "eval": cmd_eval, "train": cmd_train,
+    }
+    try:
+        return handlers[verb](args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def key_values(items: Sequence[str]) -> dict[str, str]:
+    """`key=value` words -> dict; anything else is a clear error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WorkbenchError(f"expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _split_run_options(options: dict[str, str]) -> tuple[int, int, str | None, dict[str, str]]:
+    n = int(options.pop("n", "256"))
+    seed = int(options.pop("seed", "0"))
+    corrupt = options.pop("corrupt", None)
+    return n, seed, corrupt, options
+
+
+def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, Any]:
+    """Metrics of a loaded model on a generated prompt set, as `eval --json` prints them."""
+    from workbench.metrics import Report, answer_logits
+    from workbench.tasks import make_task
+    from workbench.tasks.encode import encode
+
+    n, seed, corrupt, task_options = _split_run_options(dict(options))
+    task = make_task(task_name, **task_options)
+    enc = encode(task.prompt_set(n, seed, corrupt, split="test"), model.tokenizer)
+    report = Report.of(answer_logits(model.logits(enc.clean), enc), enc)
+    return {"model": model.identity.source, "identity": model.identity.sha256,
+            "task": task_name, "options": task_options, **asdict(report)}
+
+
+def cmd_eval(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="workbench eval", description="metrics on a task")
+    p.add_argument("--model", default="add3")
+    p.add_argument("--task", default=None, help="default: the task the model was trained on")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("options", nargs="*", help="task options and n=, seed=, corrupt=")
+    args = p.parse_args(argv)
+    from workbench.model import load_model
+
+    model = load_model(args.model, device=args.device)
+    task, defaults = model.default_task()
+    options = {**({k: str(v) for k, v in defaults.items()} if args.task is None else {}),
+               **key_values(args.options)}
+    result = evaluate(model, args.task or task, options)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        digits = " ".join(f"{a:.3f}" for a in result["per_digit_accuracy"])
+        print(f"{result['model']} on {result['task']} (n={result['n']}): accuracy "
+              f"{result['accuracy']:.4f}, per digit [{digits}], logit diff "
+              f"{result['logit_diff']:.3f}, answer prob {result['prob']:.3f}")
+    return 0
+
+
+def cmd_open(argv: list[str]) -> int:
+    """Open the workbench on a model. Until the TUI lands: the model card and its metrics."""
+    p = argparse.ArgumentParser(prog="workbench", description="Circuit Workbench")
+    p.add_argument("model", nargs="?", default="add3")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--download", action="store_true", help="allow fetching a hub model")
+    args = p.parse_args(argv)
+    from workbench.model import load_model
+
+    model = load_model(args.model, device=args.device, download=args.download)
+    card = model.card
+    print(f"{card.name}: {card.n_layers} layers x {card.n_heads} heads, d_model {card.d_model}, "
+          f"{card.n_params:,} parameters, {card.device}/{card.dtype}")
+    print(f"identity {model.identity.short()}")
+    task, options = model.default_task()
+    result = evaluate(model, task, {k: str(v) for k, v in options.items()})
+    digits = " ".join(f"{a:.3f}" for a in result["per_digit_accuracy"])
+    print(f"{task} {options} n={result['n']}: accuracy {result['accuracy']:.4f}, per digit "
+          f"[{digits}], logit diff {result['logit_diff']:.3f}")
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from workbench.train import TrainConfig, command_line, train, write_card
+
+    p = argparse.ArgumentParser(prog="workbench train", description="train a toy model")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--name", default=None, help="model card title (default: the folder name)")
+    p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
+    defaults = TrainConfig(task="addition")
+    for field in ("seed", "steps", "batch", "n_layer", "d_model", "n_head", "warmup",
+                  "log_every", "eval_every", "eval_n", "threads"):
+        p.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    for field in ("lr", "weight_decay"):
+        p.add_argument(f"--{field.replace('_', '-')}", type=float,
+                       default=getattr(defaults, field))
+    p.add_argument("--target", type=float, default=None,
+                   help="stop once held-out exact match reaches this")
+    args = p.parse_args(argv)
+    from workbench.tasks import TASKS, make_task
+
+    task_options: dict[str, Any] = dict(key_values(args.options))
+    task = make_task(args.task, **task_options)  # validates options, coerces types
+    task_options = {k: getattr(task, k) for k in task_options}
+    if args.task not in TASKS:
+        raise WorkbenchError(f"unknown task {args.task!r}")
+    cfg = TrainConfig(task=args.task, task_options=task_options, **{
+        f: getattr(args, f) for f in ("seed", "steps", "batch", "n_layer", "d_model", "n_head",
+                                      "lr", "weight_decay", "warmup", "log_every",
+                                      "eval_every", "eval_n", "target", "threads")})
+
+    def show(row: dict[str, Any]) -> None:
+        if row["split"] == "test":
+            print(f"step {row['step']:>6}  held-out exact match {row['exact_match']:.4f}  "
+                  f"per digit {row['digit_acc']}", flush=True)
+        else:
+            print(f"step {row['step']:>6}  loss {row['loss']:.4f}  digit loss "
+                  f"{row['digit_loss']}", flush=True)
+
+    result = train(cfg, args.out, on_log=show)
+    write_card(args.out, cfg, result, command_line(cfg, args.out), args.name)
+    print(f"saved {args.out}: held-out exact match {result.held_out_accuracy:.4f} after "
+          f"{result.steps} steps ({result.seconds:.0f} s)")
+    return 0

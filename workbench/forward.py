@@ -1,0 +1,314 @@
+"""One fused forward pass with every intervention the engine needs, and no hooks.
+
+The residual stream is a sum of source outputs (`input`, each head, each MLP) plus constant
+biases (b_O). An intervention changes what a source writes or what a receiver reads:
+
+1. node: a source's output (at chosen positions) is replaced by its ablation value;
+2. neuron: an MLP neuron's activation is replaced by its ablation value;
+3. receiver: a head's q/k/v input (or an MLP's input, or the logits' input) is replaced by the
+   ablated residual, i.e. every edge into it is ablated;
+4. edge: receiver r reads `resid - sum_s (1 - keep[s, r]) * (out_s - abl_s)`: each edge's
+   share of the clean output is interpolated with its ablation value. `keep` may require grad:
+   its gradient at keep = 1 is exactly edge attribution patching's score.
+
+Masks carry a leading mode axis (zero, mean, resample) so one forward mixes modes. The run can
+start at any layer from a cached `State`, which is how a toggle recomputes only from the
+earliest changed layer. Only answer positions are unembedded.
+
+Invariant: with an empty `Patch` the logits equal the bridge's (tested); `edge` keep = 1
+reproduces the clean run and keep = 0 the all-ablated run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from workbench.weights import Weights, ln
+
+Mode = Literal["zero", "mean", "resample"]
+MODES: tuple[Mode, ...] = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Per-source outputs of one run; batch may be 1 (zero and mean values broadcast)."""
+
+    embed: Tensor  # (batch, pos, d_model): the `input` node's output
+    z: Tensor  # (n_layers, batch, pos, n_heads, d_head)
+    mlp_out: Tensor  # (n_layers, batch, pos, d_model), b_out included
+    post: Tensor  # (n_layers, batch, pos, d_mlp)
+    resid_pre: Tensor  # (n_layers + 1, batch, pos, d_model); the last is the final residual
+    resid_mid: Tensor  # (n_layers, batch, pos, d_model)
+
+    def head_out(self, w: Weights, layer: int) -> Tensor:
+        """(batch, pos, n_heads, d_model): each head's write into the residual stream."""
+        return torch.einsum("bphe,hed->bphd", self.z[layer], w.W_O[layer])
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Dense interventions for one forward. Node/neuron/receiver masks: 1 = ablated."""
+
+    node: Tensor | None = None  # (n_modes, n_sources, pos)
+    neuron: Tensor | None = None  # (n_modes, n_layers, d_mlp, pos)
+    receiver: Tensor | None = None  # (n_modes, n_receivers, pos)
+    edge: Tensor | None = None  # (n_edges,) keep in [0, 1]; 0 = ablated with edge_mode's value
+    edge_mode: Mode = "mean"
+
+
+@dataclass
+class State:
+    """What a later run needs to restart at layer L: residuals and edge deltas before L."""
+
+    resid_pre: list[Tensor] = field(default_factory=list)  # resid_pre[L] for computed layers
+    deltas: list[Tensor] = field(default_factory=list)  # per source group (n, batch, pos, d)
+
+
+def embed(w: Weights, tokens: Tensor) -> Tensor:
+    """(batch, pos) -> (batch, pos, d_model): token plus position embedding."""
+    return w.W_E[tokens] + w.W_pos[: tokens.shape[1]]
+
+
+class Layout:
+    """Index arithmetic of the head-level graph (kept equal to `workbench.graph.Graph`).
+
+    Sources: input, then per layer its heads then its MLP. Receivers: per layer the q inputs of
+    its heads, then k, then v, then its MLP; finally logits. Edges are listed receiver by
+    receiver; each receiver reads from a prefix of the sources.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int) -> None:
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.n_sources = 1 + n_layers * (n_heads + 1)
+        self.n_receivers = n_layers * (3 * n_heads + 1) + 1
+        self.attn_offset, self.mlp_offset = [], []
+        at = 0
+        for layer in range(n_layers):
+            self.attn_offset.append(at)
+            at += 3 * n_heads * self.up_attn(layer)
+            self.mlp_offset.append(at)
+            at += self.up_mlp(layer)
+        self.logits_offset = at
+        self.n_edges = at + self.n_sources
+
+    def up_attn(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1)
+
+    def up_mlp(self, layer: int) -> int:
+        return self.up_attn(layer) + self.n_heads
+
+    def head_source(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_source(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def attn_receiver(self, layer: int, port: int, head: int) -> int:
+        return layer * (3 * self.n_heads + 1) + port * self.n_heads + head
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    def attn_keep(self, keep: Tensor, layer: int) -> Tensor:
+        """(n_edges,) -> (n_upstream, 3, n_heads) keep of the edges into layer's q/k/v."""
+        n, h = self.up_attn(layer), self.n_heads
+        block = keep[self.attn_offset[layer]: self.attn_offset[layer] + 3 * h * n]
+        return block.view(3, h, n).permute(2, 0, 1)
+
+    def mlp_keep(self, keep: Tensor, layer: int) -> Tensor:
+        return keep[self.mlp_offset[layer]: self.mlp_offset[layer] + self.up_mlp(layer)]
+
+    def logits_keep(self, keep: Tensor) -> Tensor:
+        return keep[self.logits_offset:]
+
+
+class Forward:
+    """The fused forward over folded weights, for one prompt set's tokens."""
+
+    def __init__(self, w: Weights) -> None:
+        self.w = w
+        self.layout = Layout(w.n_layers, w.n_heads)
+
+    def run(self, tokens: Tensor, answer_pos: Tensor, patch: Patch | None = None,
+            values: dict[Mode, Activations] | None = None, start: int = 0,
+            state: State | None = None, record: bool = False,
+            ) -> tuple[Tensor, State, Activations | None]:
+        """Answer logits (batch, n_answer, vocab), the state to restart from, and (if
+        `record`) every source's output of this run.
+
+        `start > 0` needs `state` from an earlier run whose interventions before `start`
+        were the same.
+        """
+        w, lay, patch = self.w, self.layout, patch or Patch()
+        values = values or {}
+        edge = patch.edge
+        edge_abl = values.get(patch.edge_mode) if edge is not None else None
+        new = State()
+        if start == 0:
+            resid = embed(w, tokens)
+            if patch.node is not None:
+                resid = self._replace(resid, patch.node[:, 0], values, lambda a: a.embed)
+            if edge_abl is not None:
+                new.deltas.append((resid - edge_abl.embed).unsqueeze(0))
+            embed_out = resid
+        else:
+            assert state is not None and len(state.resid_pre) > start
+            resid = state.resid_pre[start]
+            new.deltas = state.deltas[: 1 + 2 * start]
+            embed_out = None
+        new.resid_pre = (state.resid_pre[:start] if start else [])
+        recorded: dict[str, list[Tensor]] = {k: [] for k in ("z", "mlp_out", "post", "mid")}
+        for layer in range(start, w.n_layers):
+            new.resid_pre.append(resid)
+            x = self._attn_inputs(resid, layer, patch, values, new.deltas, edge, edge_abl)
+            z = self._attention(x, layer)  # (batch, pos, head, d_head)
+            heads = torch.einsum("bphe,hed->bphd", z, w.W_O[layer])
+            if patch.node is not None:
+                src = lay.head_source(layer, 0)
+                mask = patch.node[:, src: src + w.n_heads]  # (modes, head, pos)
+                heads = self._replace(heads, mask.transpose(1, 2), values,
+                                      lambda a, L=layer: a.head_out(w, L))
+            if edge_abl is not None:
+                d = heads - edge_abl.head_out(w, layer)
+                new.deltas.append(d.permute(2, 0, 1, 3))
+            mid = resid + heads.sum(2) + w.b_O[layer]
+            x = self._receiver_input(mid, lay.mlp_receiver(layer), patch, values, "mid", layer)
+            if edge is not None and edge_abl is not None:
+                x = x - _mix(new.deltas, 1 - lay.mlp_keep(edge, layer))
+            post = w.act(ln(x, w.eps) @ w.W_in[layer] + w.b_in[layer])
+            if patch.neuron is not None:
+                post = self._replace(post, patch.neuron[:, layer].transpose(1, 2), values,
+                                     lambda a, L=layer: a.post[L])
+            out = post @ w.W_out[layer] + w.b_out[layer]
+            if patch.node is not None:
+                out = self._replace(out, patch.node[:, lay.mlp_source(layer)], values,
+                                    lambda a, L=layer: a.mlp_out[L])
+            if edge_abl is not None:
+                new.deltas.append((out - edge_abl.mlp_out[layer]).unsqueeze(0))
+            if record:
+                for key, val in (("z", z), ("mlp_out", out), ("post", post), ("mid", mid)):
+                    recorded[key].append(val)
+            resid = mid + out
+        new.resid_pre.append(resid)
+        x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
+        if edge is not None and edge_abl is not None:
+            x = x - _mix(new.deltas, 1 - lay.logits_keep(edge))
+        x = x.gather(1, answer_pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        logits = ln(x, w.eps) @ w.W_U + w.b_U
+        acts = None
+        if record:
+            assert start == 0 and embed_out is not None
+            acts = Activations(
+                embed=embed_out, z=torch.stack(recorded["z"]),
+                mlp_out=torch.stack(recorded["mlp_out"]), post=torch.stack(recorded["post"]),
+                resid_pre=torch.stack(new.resid_pre), resid_mid=torch.stack(recorded["mid"]),
+            )
+        return logits, new, acts
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def _attn_inputs(self, resid: Tensor, layer: int, patch: Patch,
+                     values: dict[Mode, Activations], deltas: list[Tensor],
+                     edge: Tensor | None, edge_abl: Activations | None) -> Tensor:
+        """(batch, pos, d) shared input, or (batch, pos, 3, head, d) per q/k/v and head."""
+        lay, h = self.layout, self.w.n_heads
+        first = lay.attn_receiver(layer, 0, 0)
+        recv = patch.receiver[:, first: first + 3 * h] if patch.receiver is not None else None
+        has_recv = recv is not None and bool(recv.any())
+        if edge is None and not has_recv:
+            return resid
+        x = resid[:, :, None, None, :].expand(-1, -1, 3, h, -1)
+        if edge is not None and edge_abl is not None:
+            coef = 1 - lay.attn_keep(edge, layer)  # (n_upstream, 3, head)
+            x = x - _mix(deltas, coef)
+        if has_recv:
+            assert recv is not None
+            r = recv.view(recv.shape[0], 3, h, -1).permute(0, 3, 1, 2)  # (modes, pos, 3, head)
+            ablated = torch.zeros_like(x)
+            for m, mode in enumerate(MODES):
+                if recv[m].any():
+                    ablated = ablated + r[m, None, :, :, :, None] * values[mode].resid_pre[
+                        layer][:, :, None, None, :]
+            x = x * (1 - r.sum(0))[None, :, :, :, None] + ablated
+        return x
+
+    def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
+                        values: dict[Mode, Activations], where: str, layer: int) -> Tensor:
+        """Replace an MLP's or the logits' input by the ablated residual where masked."""
+        if patch.receiver is None or not bool(patch.receiver[:, receiver].any()):
+            return resid
+        r = patch.receiver[:, receiver]  # (modes, pos)
+        out = resid * (1 - r.sum(0))[None, :, None]
+        for m, mode in enumerate(MODES):
+            if r[m].any():
+                act = values[mode]
+                abl = act.resid_mid[layer] if where == "mid" else act.resid_pre[-1]
+                out = out + r[m][None, :, None] * abl
+        return out
+
+    def _attention(self, x: Tensor, layer: int) -> Tensor:
+        w = self.w
+        if x.dim() == 3:  # one shared input
+            h = ln(x, w.eps)
+            q = torch.einsum("bpd,hde->bphe", h, w.W_Q[layer])
+            k = torch.einsum("bpd,hde->bphe", h, w.W_K[layer])
+            v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer])
+        else:  # (batch, pos, 3, head, d): each head reads its own q, k, v input
+            h = ln(x, w.eps)
+            q = torch.einsum("bphd,hde->bphe", h[:, :, 0], w.W_Q[layer])
+            k = torch.einsum("bphd,hde->bphe", h[:, :, 1], w.W_K[layer])
+            v = torch.einsum("bphd,hde->bphe", h[:, :, 2], w.W_V[layer])
+        q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.d_head**0.5
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+
+    @staticmethod
+    def _replace(out: Tensor, mask: Tensor, values: dict[Mode, Activations], pick: object
+                 ) -> Tensor:
+        """out * (1 - sum_m mask_m) + sum_m mask_m * value_m. `mask` is (modes, pos, ...)
+        shaped like `out` without batch and the last axis."""
+        if not bool(mask.any()):
+            return out
+        mask = mask.to(out.dtype)
+        # Heads and whole nodes have a trailing d_model axis the mask lacks; neurons do not.
+        trailing = mask.dim() < out.dim()
+
+        def lift(t: Tensor) -> Tensor:
+            return t.unsqueeze(0).unsqueeze(-1) if trailing else t.unsqueeze(0)
+
+        result = out * lift(1 - mask.sum(0))
+        for m, mode in enumerate(MODES):
+            if mask[m].any():
+                value = pick(values[mode])  # type: ignore[operator]
+                result = result + lift(mask[m]) * value
+        return result
+
+
+def _mix(deltas: list[Tensor], coef: Tensor) -> Tensor:
+    """sum over upstream sources s of coef[s, ...] * delta_s, group by group.
+
+    deltas: (n_g, batch, pos, d) per group; coef: (n_upstream, ...) with n_upstream equal to
+    the first groups' total. Group-wise einsums keep autograd free of in-place writes.
+    """
+    total, at = None, 0
+    extra = "".join("xyz"[i] for i in range(coef.dim() - 1))
+    for d in deltas:
+        n = d.shape[0]
+        if at >= coef.shape[0]:
+            break
+        c = coef[at: at + n]
+        at += n
+        if not bool(c.any()) and not c.requires_grad:
+            continue
+        term = torch.einsum(f"nbpd,n{extra}->bp{extra}d", d, c)
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros((), dtype=coef.dtype, device=coef.device)
+    return total
