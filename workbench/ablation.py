@@ -25,7 +25,7 @@ from torch import Tensor
 
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Activations, Forward, Mode, Patch, State
-from workbench.graph import Circuit, Graph, Node
+from workbench.graph import Circuit, Edge, Graph, Node
 from workbench.metrics import MetricName, Report, metric, performance
 from workbench.model import LoadedModel
 from workbench.tasks.encode import EncodedPrompts
@@ -34,14 +34,14 @@ from workbench.weights import Weights
 
 @dataclass(frozen=True)
 class Ablation:
-    """Ablate `node` (a head, a head's q/k/v input, an MLP, a neuron, input or logits; at one
-    position when `node.pos` is set) with `mode`'s value."""
+    """Ablate `target` with `mode`'s value: a node (a head, a head's q/k/v input, an MLP, a
+    neuron, input or logits; at one position when `pos` is set) or one edge."""
 
-    node: Node
+    target: Node | Edge
     mode: Mode = "mean"
 
     def __str__(self) -> str:
-        return f"{self.node} ({self.mode})"
+        return f"{self.target} ({self.mode})"
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,17 @@ class AblationEngine:
         lay, n_modes = self.forward.layout, len(MODES)
         node = torch.zeros(n_modes, lay.n_sources, self.n_pos, device=self.device)
         receiver = torch.zeros(n_modes, lay.n_receivers, self.n_pos, device=self.device)
-        neuron = None
+        neuron, edge, edge_modes = None, None, set()
         for ab in ablations:
-            n, m = ab.node, MODES.index(ab.mode)
+            if isinstance(ab.target, Edge):
+                if ab.target not in self.graph.edge_index:
+                    raise WorkbenchError(f"edge {ab.target} is not in this model's graph")
+                if edge is None:
+                    edge = torch.ones(lay.n_edges, device=self.device)
+                edge[self.graph.edge_index[ab.target]] = 0.0
+                edge_modes.add(ab.mode)
+                continue
+            n, m = ab.target, MODES.index(ab.mode)
             pos = slice(None) if n.pos is None else self._position(n.pos)
             self.graph.check(n.base())
             if n.kind == "neuron":
@@ -115,7 +123,11 @@ class AblationEngine:
         if (node.sum(0) > 1).any() or (receiver.sum(0) > 1).any():
             raise WorkbenchError("a component is ablated twice with different modes; restore it "
                                  "first")
-        return Patch(node=node, neuron=neuron, receiver=receiver)
+        if len(edge_modes) > 1:
+            raise WorkbenchError("ablated edges must share one mode; restore them and ablate "
+                                 "again with one mode=")
+        return Patch(node=node, neuron=neuron, receiver=receiver, edge=edge,
+                     edge_mode=edge_modes.pop() if edge_modes else "mean")
 
     def _source(self, n: Node) -> int:
         lay = self.forward.layout
@@ -157,7 +169,8 @@ class AblationEngine:
         """One key per stage: input, each layer, the logits. Equal keys = same interventions."""
         lay = self.forward.layout
         assert patch.node is not None and patch.receiver is not None
-        keys = [patch.node[:, 0].cpu().numpy().tobytes()]
+        edge_key = patch.edge_mode.encode() if patch.edge is not None else b"-"
+        keys = [patch.node[:, 0].cpu().numpy().tobytes() + edge_key]
         for layer in range(lay.n_layers):
             src = lay.head_source(layer, 0)
             rcv = lay.attn_receiver(layer, 0, 0)
@@ -165,8 +178,12 @@ class AblationEngine:
                      patch.receiver[:, rcv: rcv + 3 * lay.n_heads + 1]]
             if patch.neuron is not None:
                 parts.append(patch.neuron[:, layer])
+            if patch.edge is not None:
+                parts += [lay.attn_keep(patch.edge, layer), lay.mlp_keep(patch.edge, layer)]
             keys.append(b"".join(p.cpu().numpy().tobytes() for p in parts))
-        keys.append(patch.receiver[:, -1].cpu().numpy().tobytes())
+        last = [patch.receiver[:, -1]] + (
+            [lay.logits_keep(patch.edge)] if patch.edge is not None else [])
+        keys.append(b"".join(p.cpu().numpy().tobytes() for p in last))
         return keys
 
     def empty_logits(self, mode: Mode) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-VERBS = ("eval", "train", "open")
+VERBS = ("eval", "train", "replay", "open")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == verb:
         args = args[1:]
     handlers: dict[str, Callable[[list[str]], int]] = {
-        "open": cmd_open, "eval": cmd_eval, "train": cmd_train,
+        "open": cmd_open, "eval": cmd_eval, "train": cmd_train, "replay": cmd_replay,
     }
     try:
         return handlers[verb](args)
@@ -162,3 +162,43 @@ def cmd_train(argv: list[str]) -> int:
     print(f"saved {args.out}: held-out exact match {result.held_out_accuracy:.4f} after "
           f"{result.steps} steps ({result.seconds:.0f} s)")
     return 0
+
+
+def cmd_replay(argv: list[str]) -> int:
+    """Re-execute a session file or script headless; exit 1 on a failure or digest change."""
+    p = argparse.ArgumentParser(prog="workbench replay", description="replay a session")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object per command")
+    p.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
+    p.add_argument("--log", type=Path, default=None, help="also record the replay here")
+    args = p.parse_args(argv)
+    from workbench.replay import replay
+
+    def show(outcome: Any) -> None:
+        if args.json:
+            print(json.dumps(outcome.to_json()), flush=True)
+        elif outcome.ok:
+            print(f"[{outcome.n}] {outcome.cmd}: {_brief(outcome.out)}", flush=True)
+        else:
+            print(f"[{outcome.n}] {outcome.cmd}: error: {outcome.error}", flush=True)
+
+    report = replay(args.file, keep_going=args.keep_going, log_to=args.log, on_outcome=show)
+    for m in report.mismatches:
+        print(f"digest differs at command {m.n} ({m.cmd}): recorded {m.recorded}, "
+              f"now {m.now}", file=sys.stderr)
+    for f in report.failures:
+        print(f"command {f.n} failed: {f.cmd}: {f.error}", file=sys.stderr)
+    return 0 if report.ok or (args.keep_going and not report.mismatches) else 1
+
+
+def _brief(out: dict[str, Any]) -> str:
+    """One line for a command's outcome in text mode."""
+    if "percent" in out:
+        pct = "n/a" if out["percent"] is None else f"{out['percent']:.1f}%"
+        return (f"performance {pct}, {out['metric_name']} {out['metric']}, accuracy "
+                f"{out['accuracy']}")
+    if "id" in out:
+        return f"-> {out['id']}" + (f" ({out['title']})" if "title" in out else "")
+    if "text" in out:
+        return "\n" + out["text"]
+    return json.dumps(out)[:200]

@@ -121,11 +121,11 @@ VERBS: dict[str, VerbSpec] = {
         ("top", "threshold"),
     ),
     "check": VerbSpec(
-        "check c<n> [mode=mean]",
+        "check c<n> [mode=mean] [level=node|edge]",
         "faithfulness: performance % with everything outside c<n> ablated",
         1,
         1,
-        ("mode",),
+        ("mode", "level"),
     ),
     "compare": VerbSpec(
         "compare c<n> c<m>",
@@ -328,6 +328,9 @@ def _check_check(cmd: Command) -> None:
     mode = cmd.option("mode")
     if mode is not None:
         _choice("ablation mode", mode, ABLATION_MODES)
+    level = cmd.option("level")
+    if level is not None:
+        _choice("circuit level", level, ("node", "edge"))
 
 
 def _check_compare(cmd: Command) -> None:

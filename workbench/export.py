@@ -76,7 +76,7 @@ def to_dot(circuit: Circuit, shared: set[str] | None = None) -> str:
                 name = str(node)
                 attrs = {"fillcolor": COLOURS[node.kind]}
                 if name in scores:
-                    attrs["label"] = f"{name}\n{scores[name]:+.3g}"
+                    attrs["label"] = f"{name}\\n{scores[name]:+.3g}"
                 if name in shared:
                     attrs |= {"peripheries": "2", "penwidth": "2"}
                 row.node(name, **attrs)

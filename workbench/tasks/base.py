@@ -94,7 +94,7 @@ def _pair_from_line(line: str, path: Path, number: int) -> PromptPair:
     if missing:
         raise WorkbenchError(f"{where}: missing field(s) {', '.join(missing)}")
     answer = _units(obj["answer"], where, "answer")
-    contrast = _units(obj.get("contrast", answer), where, "contrast")
+    contrast = _units(obj.get("contrast", obj["answer"]), where, "contrast")
     if not isinstance(obj["clean"], str) or not isinstance(obj["corrupted"], str):
         raise WorkbenchError(f"{where}: clean and corrupted must be strings")
     try:

@@ -88,4 +88,4 @@ class GreaterThan(Task):
             contrast=self.units(f"{low:02d}"),
             accepted=tuple("".join(self.units(f"{y:02d}")) for y in range(xx + 1, 100)),
         )
-        return pair, (xx, yy)
+        return pair, (xx,)  # the problem is the start year; any YY > XX answers it

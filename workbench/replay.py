@@ -1,0 +1,82 @@
+"""Headless replay of a session log or a plain-text script (`workbench replay FILE`).
+
+1. Read the commands: a JSON Lines session (header + recorded outcomes and digests) or a script
+   (one command per line, `#` comments).
+2. Start a fresh `Session`. When a session was recorded on a model that no command loads (a
+   model object handed to the Python API), load the header's model source first.
+3. Execute each command; compare its digest with the recorded one; stop at the first command
+   that fails where the recording succeeded (unless `keep_going`). A command that failed in the
+   recording too (a typo in the TUI) is expected to fail again and is not counted.
+
+Invariant: replay goes through `Session.execute` like every other front end, so a replayed
+session writes the same exports and reaches the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+from workbench.model import LoadedModel
+from workbench.session import Outcome, Session
+from workbench.sessionlog import SessionLog, is_jsonl_session, read_script
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    n: int
+    cmd: str
+    recorded: str | None
+    now: str | None
+
+
+@dataclass
+class ReplayReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    failures: list[Outcome] = field(default_factory=list)
+    session: Session | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.mismatches
+
+
+def replay(path: str | Path, keep_going: bool = False, model: LoadedModel | None = None,
+           log_to: str | Path | None = None,
+           on_outcome: Callable[[Outcome], None] | None = None) -> ReplayReport:
+    """Re-execute a session file headless and report failures and digest differences."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"session file {path} does not exist: check the path")
+    recorded: list[tuple[str, bool, str | None]]
+    source = None
+    if is_jsonl_session(path):
+        header, entries = SessionLog.read(path)
+        recorded = [(e.cmd, e.ok, e.digest) for e in entries]
+        source = header.model_source
+    else:
+        recorded = [(line, True, None) for line in read_script(path)]
+    loads_first = bool(recorded) and recorded[0][0].split()[0] == "load"
+    start_model: LoadedModel | str | None = model
+    if start_model is None and not loads_first and source and not source.startswith("object:"):
+        start_model = source
+    if start_model is None and not loads_first:
+        raise WorkbenchError(f"{path} does not load a model and none was given; add a load "
+                             "command first (e.g. load add3)")
+    session = Session(path=log_to, model=start_model)
+    report = ReplayReport(session=session)
+    for cmd, was_ok, was_digest in recorded:
+        outcome = session.execute(cmd)
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        if not outcome.ok and was_ok:
+            report.failures.append(outcome)
+            if not keep_going:
+                break
+        elif outcome.ok and was_digest is not None and outcome.digest != was_digest:
+            report.mismatches.append(Mismatch(outcome.n, cmd, was_digest, outcome.digest))
+    return report

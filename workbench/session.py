@@ -1,0 +1,458 @@
+"""The session: the only place state changes. TUI, replay and notebooks all call `execute`.
+
+1. `execute(line)` parses a command (`workbench.commands`), runs its verb against the current
+   `State` and returns an `Outcome` (data for display plus a JSON summary).
+2. A verb that fails raises `WorkbenchError`; the state is left exactly as it was and the
+   outcome carries the one-line error.
+3. State is an immutable `State` value; state-changing verbs push the old value on the undo
+   stack. Models and ablation engines are cached by identity, so undo never reloads.
+4. Every command is appended to the session log (JSON Lines, atomic rewrite) with its summary,
+   a digest of it and the seconds taken: a crash loses nothing and the file replays.
+
+Invariant: nothing outside `execute` mutates the session; outcomes are JSON-safe summaries plus
+the live result objects the TUI renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench import __version__
+from workbench.ablation import Ablation, AblationEngine, Perf
+from workbench.commands import Command, help_text, parse
+from workbench.errors import WorkbenchError
+from workbench.export import export
+from workbench.forward import Mode
+from workbench.graph import Circuit, Graph, compare, expand, parse_edge
+from workbench.metrics import METRICS, Report
+from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
+from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, \
+    select_circuit
+from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
+from workbench.tasks import PromptSet, make_task
+from workbench.tasks.encode import EncodedPrompts, encode
+
+log = logging.getLogger(__name__)
+
+MetricFn = Callable[[Tensor, EncodedPrompts], Tensor]  # answer logits -> (batch,) values
+
+
+@dataclass(frozen=True)
+class NamedCircuit:
+    circuit: Circuit
+    level: str  # "node" (made from nodes) or "edge" (made from edge scores)
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything a command can change; an immutable value so undo is a pointer swap."""
+
+    model: LoadedModel | None = None
+    prompts: PromptSet | None = None
+    metric: str = "logit_diff"
+    mode: Mode = "mean"
+    ablations: tuple[Ablation, ...] = ()
+    results: tuple[tuple[str, Result], ...] = ()
+    circuits: tuple[tuple[str, NamedCircuit], ...] = ()
+    n_results: int = 0  # r<n> ids count up and are not reused (except after undo)
+    n_circuits: int = 0
+
+    def result(self, rid: str) -> Result:
+        found = dict(self.results).get(rid)
+        if found is None:
+            known = ", ".join(k for k, _ in self.results) or "none yet"
+            raise WorkbenchError(f"no result {rid} (results: {known})")
+        return found
+
+    def circuit(self, cid: str) -> NamedCircuit:
+        found = dict(self.circuits).get(cid)
+        if found is None:
+            known = ", ".join(k for k, _ in self.circuits) or "none yet"
+            raise WorkbenchError(f"no circuit {cid} (circuits: {known})")
+        return found
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one command did: `out` is the JSON summary, `result` the live object (if any)."""
+
+    n: int
+    cmd: str
+    ok: bool
+    out: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    digest: str | None = None
+    seconds: float = 0.0
+    result: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"n": self.n, "cmd": self.cmd, "ok": self.ok}
+        if self.ok:
+            body["out"] = self.out
+        else:
+            body["error"] = self.error
+        return body
+
+
+UNDOABLE = {"load", "task", "prompts", "metric", "ablate", "restore", "run", "select"}
+
+
+class Session:
+    """A resident model, a prompt set and the investigation built on them."""
+
+    def __init__(self, path: str | Path | None = None, model: LoadedModel | str | None = None,
+                 metrics: dict[str, MetricFn] | None = None, seed: int = 0,
+                 device: str = "auto", registry: dict[str, Technique] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.seed, self.device = seed, device
+        self.state = State()
+        self.undo_stack: list[State] = []
+        self.redo_stack: list[State] = []
+        self.outcomes: list[Outcome] = []
+        self.metric_fns: dict[str, MetricFn] = dict(metrics or {})
+        self.registry = registry if registry is not None else load_registry()
+        self._engines: dict[tuple[int, int], AblationEngine] = {}
+        self._encoded: dict[tuple[int, int], EncodedPrompts] = {}
+        self._log = SessionLog(self.path) if self.path is not None else None
+        if isinstance(model, LoadedModel):
+            self.state = replace(self.state, model=model)
+        self._start_log()
+        if isinstance(model, str):
+            outcome = self.execute(f"load {model}" + (f" device={device}"
+                                                      if device != "auto" else ""))
+            if not outcome.ok:
+                raise WorkbenchError(outcome.error or "load failed")
+
+    # -- the one entry point ---------------------------------------------------------------
+
+    def execute(self, line: str | Command, progress: Callable[[float, str], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> Outcome:
+        """Run one command line. Never raises for user errors: the outcome says what failed."""
+        start = time.perf_counter()
+        n = len(self.outcomes) + 1
+        text = str(line).strip()
+        try:
+            cmd = line if isinstance(line, Command) else parse(line)
+            if cmd is None:
+                return Outcome(n=0, cmd="", ok=True)
+            text = cmd.text
+            before = self.state
+            out, result = self._dispatch(cmd, progress, cancelled)
+            if cmd.verb in UNDOABLE and self.state is not before:
+                self.undo_stack.append(before)
+                self.redo_stack.clear()
+            outcome = Outcome(n, text, True, out, None, digest(out),
+                              time.perf_counter() - start, result)
+        except WorkbenchError as exc:
+            outcome = Outcome(n, text, False, error=str(exc),
+                              seconds=time.perf_counter() - start)
+        except Cancelled:
+            outcome = Outcome(n, text, False, error="cancelled; state unchanged",
+                              seconds=time.perf_counter() - start)
+        except torch.cuda.OutOfMemoryError:
+            outcome = Outcome(n, text, False, error="out of GPU memory: use fewer prompts "
+                              "(task ... n=) or a smaller model", seconds=time.perf_counter()
+                              - start)
+        self.outcomes.append(outcome)
+        self._append_log(outcome)
+        return outcome
+
+    # -- verbs -------------------------------------------------------------------------------
+
+    def _dispatch(self, cmd: Command, progress: Callable[[float, str], None] | None,
+                  cancelled: Callable[[], bool] | None) -> tuple[dict[str, Any], Any]:
+        verb = cmd.verb
+        if verb == "help":
+            return {"text": help_text(cmd.args[0] if cmd.args else None)}, None
+        if verb == "undo" or verb == "redo":
+            return self._undo_redo(verb), None
+        if verb == "run":
+            return self._run(cmd, progress, cancelled)
+        handler = getattr(self, f"_{verb}")
+        return handler(cmd)  # type: ignore[no-any-return]
+
+    def _load(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        model = load_model(cmd.args[0], device=cmd.option("device") or self.device,
+                           dtype=cmd.option("dtype") or "float32")  # type: ignore[arg-type]
+        self.state = replace(self.state, model=model, ablations=())
+        if self.state.prompts is None:
+            name, options = model.default_task()
+            prompts = make_task(name, **options).prompt_set(256, self.seed, split="test")
+            self.state = replace(self.state, prompts=prompts)
+        if self._log is not None and self._header_model() is None:
+            self._start_log(keep_entries=True)
+        card = model.card
+        return {"model": card.name, "identity": model.identity.sha256,
+                "layers": card.n_layers, "heads": card.n_heads, "device": card.device}, model
+
+    def _task(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        opts = dict(cmd.opts)
+        n = int(opts.pop("n", 256))
+        seed = int(opts.pop("seed", self.seed))
+        corrupt = opts.pop("corrupt", None)
+        split = opts.pop("split", "test")
+        prompts = make_task(cmd.args[0], **opts).prompt_set(n, seed, corrupt, split)  # type: ignore[arg-type]
+        return self._set_prompts(prompts)
+
+    def _prompts(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        return self._set_prompts(PromptSet.load_jsonl(Path(cmd.args[0])))
+
+    def _set_prompts(self, prompts: PromptSet) -> tuple[dict[str, Any], Any]:
+        model = self._model()
+        encode(prompts, model.tokenizer)  # fail now, not at the next perf
+        self.state = replace(self.state, prompts=prompts)
+        first = prompts.pairs[0]
+        return {"name": prompts.name, "n": len(prompts), "example": first.clean,
+                "answer": "".join(first.answer), "corrupted": first.corrupted}, prompts
+
+    def _metric(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        name = cmd.args[0]
+        if name not in METRICS and name not in self.metric_fns:
+            raise WorkbenchError(f"unknown metric {name!r}: choose one of "
+                                 + ", ".join([*METRICS, *self.metric_fns]))
+        self.state = replace(self.state, metric=name)
+        return {"metric": name}, None
+
+    def _ablate(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        engine = self.engine()
+        mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
+        pos = cmd.option("pos")
+        new = [Ablation(t, mode) for t in self._targets(cmd.args, engine.graph, pos)]
+        names = {str(a.target) for a in new}
+        kept = tuple(a for a in self.state.ablations if str(a.target) not in names)
+        ablations = kept + tuple(new)
+        engine.patch(ablations)  # validate before changing state
+        self.state = replace(self.state, ablations=ablations, mode=mode)
+        return self._perf_out(), None
+
+    def _restore(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        if cmd.args == ("all",):
+            self.state = replace(self.state, ablations=())
+        else:
+            names = {str(t) for t in self._targets(cmd.args, self.engine().graph, None)}
+            missing = names - {str(a.target) for a in self.state.ablations}
+            if missing:
+                raise WorkbenchError(f"{sorted(missing)[0]} is not ablated; nothing to restore")
+            self.state = replace(self.state, ablations=tuple(
+                a for a in self.state.ablations if str(a.target) not in names))
+        return self._perf_out(), None
+
+    def _perf(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        return self._perf_out(), None
+
+    def _run(self, cmd: Command, progress: Callable[[float, str], None] | None,
+             cancelled: Callable[[], bool] | None) -> tuple[dict[str, Any], Any]:
+        name = cmd.args[0]
+        if name not in self.registry:
+            import difflib
+
+            near = difflib.get_close_matches(name, self.registry, n=1)
+            hint = f"did you mean {near[0]}?" if near else \
+                "techniques: " + ", ".join(sorted(self.registry))
+            raise WorkbenchError(f"unknown technique {name!r}: {hint}")
+        tech = self.registry[name]
+        params = tech.params(dict(cmd.opts))
+        engine = self.engine()
+        ctx = Context(model=self._model(), prompts=self._prompts_now(), enc=engine.enc,
+                      metric=self.state.metric, mode=self.state.mode,  # type: ignore[arg-type]
+                      graph=engine.graph, engine=engine, ablations=self.state.ablations,
+                      progress=progress or (lambda f, m: None),
+                      cancelled=cancelled or (lambda: False))
+        result = tech.run(ctx, params)
+        rid = f"r{self.state.n_results + 1}"
+        self.state = replace(self.state, results=self.state.results + ((rid, result),),
+                             n_results=self.state.n_results + 1)
+        out = {"id": rid, "technique": name, **result.summary()}
+        tensors = _tensors_of(result)
+        if tensors and self.path is not None:
+            out["tensors"] = save_tensors(self.path, rid, tensors)
+        return out, result
+
+    def _select(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        engine = self.engine()
+        first = cmd.args[0]
+        if first.startswith("r") and first[1:].isdigit():
+            top, threshold = cmd.option("top"), cmd.option("threshold")
+            result = self.state.result(first)
+            circuit = select_circuit(result, engine.graph,
+                                     top=int(top) if top else None,
+                                     threshold=float(threshold) if threshold else None)
+            level = "node" if result.kind == "node_scores" else "edge"
+        else:
+            nodes = [n.base() for n in self._targets(cmd.args, engine.graph, None)]
+            circuit, level = Circuit.from_nodes(nodes, engine.graph), "node"
+        cid = f"c{self.state.n_circuits + 1}"
+        circuit = Circuit(circuit.nodes, circuit.edges, circuit.scores, name=cid)
+        self.state = replace(self.state, circuits=self.state.circuits + (
+            (cid, NamedCircuit(circuit, level)),), n_circuits=self.state.n_circuits + 1)
+        return {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
+                "edges": len(circuit.edges)}, circuit
+
+    def _check(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        named = self.state.circuit(cmd.args[0])
+        engine = self.engine()
+        mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
+        level = cmd.option("level") or named.level
+        logits = engine.circuit_logits(named.circuit, mode, level)
+        perf = self._perf_of(engine, logits, mode)
+        return {"id": cmd.args[0], "level": level, "mode": mode, **_perf_json(perf)}, perf
+
+    def _compare(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        a, b = (self.state.circuit(c).circuit for c in cmd.args)
+        diff = compare(a, b)
+        return {"shared_nodes": [str(n) for n in diff.shared_nodes],
+                "only_a_nodes": [str(n) for n in diff.only_a_nodes],
+                "only_b_nodes": [str(n) for n in diff.only_b_nodes],
+                "shared_edges": len(diff.shared_edges), "only_a_edges": len(diff.only_a_edges),
+                "only_b_edges": len(diff.only_b_edges),
+                "jaccard_nodes": round(diff.jaccard_nodes, 6),
+                "jaccard_edges": round(diff.jaccard_edges, 6)}, diff
+
+    def _export(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        circuit = self.state.circuit(cmd.args[0]).circuit
+        path = export(circuit, Path(cmd.args[1]))
+        return {"id": cmd.args[0], "path": str(path)}, path
+
+    def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        if self.path is None or not self.path.exists():
+            raise WorkbenchError("this session has no log file yet; start it with a path")
+        target = Path(cmd.args[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = self.path.read_text()
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+        return {"path": str(target), "commands": len(self.outcomes)}, None
+
+    def _undo_redo(self, verb: str) -> dict[str, Any]:
+        source, sink = (self.undo_stack, self.redo_stack) if verb == "undo" else \
+            (self.redo_stack, self.undo_stack)
+        if not source:
+            raise WorkbenchError(f"nothing to {verb}")
+        sink.append(self.state)
+        self.state = source.pop()
+        return {"ablations": [str(a.target) for a in self.state.ablations]}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _model(self) -> LoadedModel:
+        if self.state.model is None:
+            raise WorkbenchError(f"no model loaded: try load {DEFAULT_MODEL}")
+        return self.state.model
+
+    def _prompts_now(self) -> PromptSet:
+        if self.state.prompts is None:
+            raise WorkbenchError("no prompt set: try task addition digits=3")
+        return self.state.prompts
+
+    def engine(self) -> AblationEngine:
+        """The ablation engine for the current model and prompts (built once, then cached)."""
+        model, prompts = self._model(), self._prompts_now()
+        key = (id(model), id(prompts))
+        if key not in self._engines:
+            self._engines[key] = AblationEngine(model, encode(prompts, model.tokenizer),
+                                                Graph.of(model.card))
+        return self._engines[key]
+
+    def _targets(self, words: tuple[str, ...], graph: Graph, pos: str | None) -> list[Any]:
+        out: list[Any] = []
+        for word in words:
+            if "->" in word:
+                out.append(parse_edge(word))  # the engine checks it is in the graph
+                continue
+            nodes = expand(word, graph)
+            if pos is not None:
+                try:
+                    p = int(pos)
+                except ValueError:
+                    raise WorkbenchError(f"pos must be an integer, got {pos!r}") from None
+                nodes = [n.at(p) for n in nodes]
+            out.extend(nodes)
+        return out
+
+    def _perf_of(self, engine: AblationEngine, logits: Tensor, mode: Mode) -> Perf:
+        name = self.state.metric
+        if name in self.metric_fns:
+            fn = self.metric_fns[name]
+            value = float(fn(logits, engine.enc).float().mean())
+            full = float(fn(engine.clean_logits, engine.enc).float().mean())
+            empty = float(fn(engine.empty_logits(mode), engine.enc).float().mean())
+            from workbench.metrics import performance
+
+            return Perf(performance(value, full, empty), name, value, full, empty,
+                        Report.of(logits, engine.enc))
+        return engine.perf(logits, name, mode)  # type: ignore[arg-type]
+
+    def _perf_out(self) -> dict[str, Any]:
+        engine = self.engine()
+        perf = self._perf_of(engine, engine.logits(self.state.ablations), self.state.mode)
+        return {"ablated": [f"{a.target}" + (f" {a.mode}" if a.mode != self.state.mode else "")
+                            for a in self.state.ablations], "mode": self.state.mode,
+                **_perf_json(perf)}
+
+    # -- the log -----------------------------------------------------------------------------
+
+    def _header_model(self) -> str | None:
+        return self.state.model.identity.source if self.state.model else None
+
+    def _start_log(self, keep_entries: bool = False) -> None:
+        if self._log is None:
+            return
+        model = self.state.model
+        header = Header(workbench=__version__,
+                        model_source=model.identity.source if model else None,
+                        model_sha256=model.identity.sha256 if model else None,
+                        device=model.card.device if model else self.device, seed=self.seed)
+        entries = self._log.entries() if keep_entries and self.path and self.path.exists() \
+            else []
+        self._log.start(header)
+        for entry in entries:
+            self._log.append(entry)
+
+    def _append_log(self, outcome: Outcome) -> None:
+        if self._log is None or outcome.n == 0:
+            return
+        self._log.append(Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok,
+                               out=_json_safe(outcome.out), error=outcome.error,
+                               digest=outcome.digest, seconds=round(outcome.seconds, 4)))
+
+
+def _perf_json(perf: Perf) -> dict[str, Any]:
+    return {"percent": _num(perf.percent), "metric_name": perf.metric_name,
+            "metric": _num(perf.metric), "metric_full": _num(perf.metric_full),
+            "metric_empty": _num(perf.metric_empty), "accuracy": _num(perf.report.accuracy),
+            "per_digit": [_num(a) for a in perf.report.per_digit_accuracy],
+            "logit_diff": _num(perf.report.logit_diff)}
+
+
+def _num(x: float) -> float | None:
+    return round(float(x), 6) if math.isfinite(x) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return _num(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _tensors_of(result: Result) -> dict[str, Tensor]:
+    """The large arrays of a result, stored beside the log as safetensors."""
+    if dataclasses.is_dataclass(result):
+        return {f.name: getattr(result, f.name).detach().cpu().contiguous()
+                for f in dataclasses.fields(result)
+                if isinstance(getattr(result, f.name), Tensor)}
+    return {}
