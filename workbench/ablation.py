@@ -120,7 +120,9 @@ class AblationEngine:
                 receiver[m, lay.attn_receiver(n.layer, port, n.index), pos] = 1.0
             else:
                 node[m, self._source(n), pos] = 1.0
-        if (node.sum(0) > 1).any() or (receiver.sum(0) > 1).any():
+        twice = (node.sum(0) > 1).any() or (receiver.sum(0) > 1).any() or (
+            neuron is not None and (neuron.sum(0) > 1).any())
+        if twice:
             raise WorkbenchError("a component is ablated twice with different modes; restore it "
                                  "first")
         if len(edge_modes) > 1:
@@ -176,8 +178,8 @@ class AblationEngine:
             rcv = lay.attn_receiver(layer, 0, 0)
             parts = [patch.node[:, src: src + lay.n_heads + 1],
                      patch.receiver[:, rcv: rcv + 3 * lay.n_heads + 1]]
-            if patch.neuron is not None:
-                parts.append(patch.neuron[:, layer])
+            if patch.neuron is not None and bool(patch.neuron[:, layer].any()):
+                parts.append(patch.neuron[:, layer])  # no mask == an all-zero mask
             if patch.edge is not None:
                 parts += [lay.attn_keep(patch.edge, layer), lay.mlp_keep(patch.edge, layer)]
             keys.append(b"".join(p.cpu().numpy().tobytes() for p in parts))

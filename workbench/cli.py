@@ -18,7 +18,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-VERBS = ("eval", "train", "replay", "open")
+VERBS = ("eval", "train", "replay", "open", "finetune")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     handlers: dict[str, Callable[[list[str]], int]] = {
         "open": cmd_open, "eval": cmd_eval, "train": cmd_train, "replay": cmd_replay,
+        "finetune": cmd_finetune,
     }
     try:
         return handlers[verb](args)
@@ -98,25 +99,19 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_open(argv: list[str]) -> int:
-    """Open the workbench on a model. Until the TUI lands: the model card and its metrics."""
+    """Open the TUI on a model; `--session PATH` names the log (an existing one is resumed)."""
     p = argparse.ArgumentParser(prog="workbench", description="Circuit Workbench")
-    p.add_argument("model", nargs="?", default="add3")
+    p.add_argument("model", nargs="?", default=None, help="default: add3, or the session's")
+    p.add_argument("--session", type=Path, default=None,
+                   help="session log (default: a new timestamped file in the data directory)")
     p.add_argument("--device", default="auto")
     p.add_argument("--download", action="store_true", help="allow fetching a hub model")
     args = p.parse_args(argv)
-    from workbench.model import load_model
+    from workbench.sessionlog import default_session_path
+    from workbench.tui.app import run_app
 
-    model = load_model(args.model, device=args.device, download=args.download)
-    card = model.card
-    print(f"{card.name}: {card.n_layers} layers x {card.n_heads} heads, d_model {card.d_model}, "
-          f"{card.n_params:,} parameters, {card.device}/{card.dtype}")
-    print(f"identity {model.identity.short()}")
-    task, options = model.default_task()
-    result = evaluate(model, task, {k: str(v) for k, v in options.items()})
-    digits = " ".join(f"{a:.3f}" for a in result["per_digit_accuracy"])
-    print(f"{task} {options} n={result['n']}: accuracy {result['accuracy']:.4f}, per digit "
-          f"[{digits}], logit diff {result['logit_diff']:.3f}")
-    return 0
+    path = args.session if args.session is not None else default_session_path()
+    return run_app(args.model, path, device=args.device, download=args.download)
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -202,3 +197,54 @@ def _brief(out: dict[str, Any]) -> str:
     if "text" in out:
         return "\n" + out["text"]
     return json.dumps(out)[:200]
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    """Fine-tune a GPT-2-family checkpoint on text, with a progress bar; Ctrl-C saves."""
+    from rich import progress as rp
+
+    from workbench.finetune import config as ft_config
+    from workbench.finetune import finetune
+
+    p = argparse.ArgumentParser(prog="workbench finetune",
+                                description="fine-tune a GPT-2-family model on text")
+    ft_config.add_arguments(p)
+    cfg = ft_config.from_args(p.parse_args(argv))
+    progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                           rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[info]}"),
+                           rp.TimeElapsedColumn(), rp.TextColumn("eta"), rp.TimeRemainingColumn())
+    tasks: dict[str, Any] = {}
+
+    def show(row: dict[str, Any]) -> None:
+        kind = row["kind"]
+        if kind == "data":
+            if "data" not in tasks:
+                tasks["data"] = progress.add_task("tokenizing", total=row["of"], info="")
+            progress.update(tasks["data"], completed=row["rows"], info=f"{row['tokens']:,} tok")
+        elif kind == "start":
+            tasks["train"] = progress.add_task("training", total=row["max_steps"],
+                                               completed=row["step"], info="")
+        elif kind == "train":
+            progress.update(tasks["train"], completed=row["step"], info=(
+                f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s"))
+        elif kind == "eval":
+            val = "n/a" if row["val_loss"] is None else f"{row['val_loss']:.4f}"
+            acc = "n/a" if row["task_accuracy"] is None else f"{row['task_accuracy']:.4f}"
+            progress.console.print(f"step {row['step']:>6}  val loss {val}  "
+                                   f"multiplication exact match {acc}")
+        elif kind == "checkpoint":
+            progress.console.print(f"step {row['step']:>6}  checkpoint saved to {row['path']}")
+        elif kind == "note":
+            progress.console.print(row["message"])
+
+    with progress:
+        result = finetune(cfg, on_log=show)
+    if result.interrupted:
+        print(f"stopped at step {result.step}/{result.max_steps}; resume with the same command "
+              "plus --resume")
+        return 130
+    print(f"saved {result.out}: {result.step} steps, {result.tokens:,} tokens, val loss "
+          f"{'n/a' if result.val_loss is None else f'{result.val_loss:.4f}'}, multiplication "
+          f"exact match {'n/a' if result.task_accuracy is None else f'{result.task_accuracy:.4f}'}"
+          f" ({result.seconds:.0f} s)")
+    return 0

@@ -9,7 +9,10 @@ biases (b_O). An intervention changes what a source writes or what a receiver re
    ablated residual, i.e. every edge into it is ablated;
 4. edge: receiver r reads `resid - sum_s (1 - keep[s, r]) * (out_s - abl_s)`: each edge's
    share of the clean output is interpolated with its ablation value. `keep` may require grad:
-   its gradient at keep = 1 is exactly edge attribution patching's score.
+   its gradient at keep = 1 is exactly edge attribution patching's score. `edge` may hold
+   one keep vector per row: ACDC evaluates many candidate circuits in one batched forward;
+5. probe: a zero-valued coefficient per edge times a fixed delta (clean minus ablated output);
+   the gradient w.r.t. it is the EAP score at any point of an integrated-gradients path.
 
 Masks carry a leading mode axis (zero, mean, resample) so one forward mixes modes. The run can
 start at any layer from a cached `State`, which is how a toggle recomputes only from the
@@ -21,6 +24,7 @@ reproduces the clean run and keep = 0 the all-ablated run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +52,27 @@ class Activations:
         """(batch, pos, n_heads, d_model): each head's write into the residual stream."""
         return torch.einsum("bphe,hed->bphd", self.z[layer], w.W_O[layer])
 
+    def rows(self, index: slice | list[int] | Tensor) -> Activations:
+        """The prompts `index` (values with batch 1 broadcast and are returned as they are)."""
+        if self.embed.shape[0] == 1:
+            return self
+        if not isinstance(index, slice):
+            index = torch.tensor(index, dtype=torch.long, device=self.embed.device)
+        return Activations(self.embed[index], self.z[:, index], self.mlp_out[:, index],
+                           self.post[:, index], self.resid_pre[:, index],
+                           self.resid_mid[:, index])
+
+    def deltas_from(self, ablated: Activations, w: Weights) -> list[Tensor]:
+        """This run's outputs minus `ablated`'s, per source group (n, batch, pos, d) in graph
+        order (input; each layer's heads; its MLP): the layout `State.deltas` and the probe use.
+        """
+        groups = [(self.embed - ablated.embed).unsqueeze(0)]
+        for layer in range(self.z.shape[0]):
+            heads = self.head_out(w, layer) - ablated.head_out(w, layer)
+            groups.append(heads.permute(2, 0, 1, 3))
+            groups.append((self.mlp_out[layer] - ablated.mlp_out[layer]).unsqueeze(0))
+        return groups
+
 
 @dataclass(frozen=True)
 class Patch:
@@ -56,8 +81,12 @@ class Patch:
     node: Tensor | None = None  # (n_modes, n_sources, pos)
     neuron: Tensor | None = None  # (n_modes, n_layers, d_mlp, pos)
     receiver: Tensor | None = None  # (n_modes, n_receivers, pos)
-    edge: Tensor | None = None  # (n_edges,) keep in [0, 1]; 0 = ablated with edge_mode's value
+    edge: Tensor | None = None  # (n_edges,) or (batch, n_edges) keep; 0 = ablated (edge_mode)
     edge_mode: Mode = "mean"
+    # A zero-valued probe per edge: receiver r reads + sum_s probe[s, r] * probe_deltas[s].
+    # It changes nothing; its gradient is (fixed delta) . dM/d(input of r): EAP and EAP-IG.
+    probe: Tensor | None = None  # (n_edges,), requires grad
+    probe_deltas: tuple[Tensor, ...] = ()  # per source group (n, batch, pos, d), like State
 
 
 @dataclass
@@ -114,16 +143,17 @@ class Layout:
         return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
 
     def attn_keep(self, keep: Tensor, layer: int) -> Tensor:
-        """(n_edges,) -> (n_upstream, 3, n_heads) keep of the edges into layer's q/k/v."""
+        """(..., n_edges) -> (..., n_upstream, 3, n_heads): the edges into layer's q/k/v."""
         n, h = self.up_attn(layer), self.n_heads
-        block = keep[self.attn_offset[layer]: self.attn_offset[layer] + 3 * h * n]
-        return block.view(3, h, n).permute(2, 0, 1)
+        block = keep[..., self.attn_offset[layer]: self.attn_offset[layer] + 3 * h * n]
+        return block.unflatten(-1, (3, h, n)).movedim(-1, -3)
 
     def mlp_keep(self, keep: Tensor, layer: int) -> Tensor:
-        return keep[self.mlp_offset[layer]: self.mlp_offset[layer] + self.up_mlp(layer)]
+        """(..., n_edges) -> (..., n_upstream): the edges into layer's MLP."""
+        return keep[..., self.mlp_offset[layer]: self.mlp_offset[layer] + self.up_mlp(layer)]
 
     def logits_keep(self, keep: Tensor) -> Tensor:
-        return keep[self.logits_offset:]
+        return keep[..., self.logits_offset:]
 
 
 class Forward:
@@ -147,13 +177,15 @@ class Forward:
         values = values or {}
         edge = patch.edge
         edge_abl = values.get(patch.edge_mode) if edge is not None else None
+        if edge is not None and edge_abl is None:
+            raise ValueError(f"edge patch needs the {patch.edge_mode} values")
         new = State()
         if start == 0:
             resid = embed(w, tokens)
             if patch.node is not None:
                 resid = self._replace(resid, patch.node[:, 0], values, lambda a: a.embed)
             if edge_abl is not None:
-                new.deltas.append((resid - edge_abl.embed).unsqueeze(0))
+                new.deltas.append(_minus(resid, edge_abl.embed).unsqueeze(0))
             embed_out = resid
         else:
             assert state is not None and len(state.resid_pre) > start
@@ -164,7 +196,7 @@ class Forward:
         recorded: dict[str, list[Tensor]] = {k: [] for k in ("z", "mlp_out", "post", "mid")}
         for layer in range(start, w.n_layers):
             new.resid_pre.append(resid)
-            x = self._attn_inputs(resid, layer, patch, values, new.deltas, edge, edge_abl)
+            x = self._attn_inputs(resid, layer, patch, values, new.deltas)
             z = self._attention(x, layer)  # (batch, pos, head, d_head)
             heads = torch.einsum("bphe,hed->bphd", z, w.W_O[layer])
             if patch.node is not None:
@@ -173,12 +205,11 @@ class Forward:
                 heads = self._replace(heads, mask.transpose(1, 2), values,
                                       lambda a, L=layer: a.head_out(w, L))
             if edge_abl is not None:
-                d = heads - edge_abl.head_out(w, layer)
+                d = _minus(heads, edge_abl.head_out(w, layer))
                 new.deltas.append(d.permute(2, 0, 1, 3))
             mid = resid + heads.sum(2) + w.b_O[layer]
             x = self._receiver_input(mid, lay.mlp_receiver(layer), patch, values, "mid", layer)
-            if edge is not None and edge_abl is not None:
-                x = x - _mix(new.deltas, 1 - lay.mlp_keep(edge, layer))
+            x = self._edge_input(x, patch, new.deltas, lambda k, L=layer: lay.mlp_keep(k, L))
             post = w.act(ln(x, w.eps) @ w.W_in[layer] + w.b_in[layer])
             if patch.neuron is not None:
                 post = self._replace(post, patch.neuron[:, layer].transpose(1, 2), values,
@@ -188,15 +219,14 @@ class Forward:
                 out = self._replace(out, patch.node[:, lay.mlp_source(layer)], values,
                                     lambda a, L=layer: a.mlp_out[L])
             if edge_abl is not None:
-                new.deltas.append((out - edge_abl.mlp_out[layer]).unsqueeze(0))
+                new.deltas.append(_minus(out, edge_abl.mlp_out[layer]).unsqueeze(0))
             if record:
                 for key, val in (("z", z), ("mlp_out", out), ("post", post), ("mid", mid)):
                     recorded[key].append(val)
             resid = mid + out
         new.resid_pre.append(resid)
         x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
-        if edge is not None and edge_abl is not None:
-            x = x - _mix(new.deltas, 1 - lay.logits_keep(edge))
+        x = self._edge_input(x, patch, new.deltas, lay.logits_keep)
         x = x.gather(1, answer_pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         logits = ln(x, w.eps) @ w.W_U + w.b_U
         acts = None
@@ -212,19 +242,16 @@ class Forward:
     # -- pieces -------------------------------------------------------------------------
 
     def _attn_inputs(self, resid: Tensor, layer: int, patch: Patch,
-                     values: dict[Mode, Activations], deltas: list[Tensor],
-                     edge: Tensor | None, edge_abl: Activations | None) -> Tensor:
+                     values: dict[Mode, Activations], deltas: list[Tensor]) -> Tensor:
         """(batch, pos, d) shared input, or (batch, pos, 3, head, d) per q/k/v and head."""
         lay, h = self.layout, self.w.n_heads
         first = lay.attn_receiver(layer, 0, 0)
         recv = patch.receiver[:, first: first + 3 * h] if patch.receiver is not None else None
         has_recv = recv is not None and bool(recv.any())
-        if edge is None and not has_recv:
+        if patch.edge is None and patch.probe is None and not has_recv:
             return resid
         x = resid[:, :, None, None, :].expand(-1, -1, 3, h, -1)
-        if edge is not None and edge_abl is not None:
-            coef = 1 - lay.attn_keep(edge, layer)  # (n_upstream, 3, head)
-            x = x - _mix(deltas, coef)
+        x = self._edge_input(x, patch, deltas, lambda k: lay.attn_keep(k, layer))
         if has_recv:
             assert recv is not None
             r = recv.view(recv.shape[0], 3, h, -1).permute(0, 3, 1, 2)  # (modes, pos, 3, head)
@@ -234,6 +261,17 @@ class Forward:
                     ablated = ablated + r[m, None, :, :, :, None] * values[mode].resid_pre[
                         layer][:, :, None, None, :]
             x = x * (1 - r.sum(0))[None, :, :, :, None] + ablated
+        return x
+
+    @staticmethod
+    def _edge_input(x: Tensor, patch: Patch, deltas: list[Tensor],
+                    block: Callable[[Tensor], Tensor]) -> Tensor:
+        """What a receiver reads: `x` minus each ablated edge's share, plus the probe term.
+        `block` cuts this receiver group's coefficients out of an (..., n_edges) vector."""
+        if patch.edge is not None:
+            x = x - _mix(deltas, 1 - block(patch.edge), rows=patch.edge.dim() == 2)
+        if patch.probe is not None:
+            x = x + _mix(list(patch.probe_deltas), block(patch.probe), rows=False)
         return x
 
     def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
@@ -291,23 +329,42 @@ class Forward:
         return result
 
 
-def _mix(deltas: list[Tensor], coef: Tensor) -> Tensor:
+def _minus(live: Tensor, ablated: Tensor) -> Tensor:
+    """live - ablated, where `live` may hold K replicas of the prompts (ACDC's candidates)
+    stacked replica-major and `ablated` one copy (or a broadcastable batch of 1)."""
+    rows, b = live.shape[0], ablated.shape[0]
+    if rows == b or b == 1:
+        return live - ablated
+    return (live.view(rows // b, b, *live.shape[1:]) - ablated).flatten(0, 1)
+
+
+def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
     """sum over upstream sources s of coef[s, ...] * delta_s, group by group.
 
-    deltas: (n_g, batch, pos, d) per group; coef: (n_upstream, ...) with n_upstream equal to
-    the first groups' total. Group-wise einsums keep autograd free of in-place writes.
+    deltas: per group (n_g, batch, pos, d); coef: (n_upstream, ...), or with `rows`
+    (R, n_upstream, ...) giving each row its own coefficients. A group whose batch is smaller
+    than R (shared below an ACDC restart) broadcasts over the R // batch replicas. Group-wise
+    einsums keep autograd free of in-place writes.
     """
     total, at = None, 0
-    extra = "".join("xyz"[i] for i in range(coef.dim() - 1))
+    n_up = coef.shape[1] if rows else coef.shape[0]
+    extra = "".join("xyz"[i] for i in range(coef.dim() - (2 if rows else 1)))
     for d in deltas:
         n = d.shape[0]
-        if at >= coef.shape[0]:
+        if at >= n_up:
             break
-        c = coef[at: at + n]
+        c = coef[:, at: at + n] if rows else coef[at: at + n]
         at += n
-        if not bool(c.any()) and not c.requires_grad:
+        if not c.requires_grad and not bool(c.any()):
             continue
-        term = torch.einsum(f"nbpd,n{extra}->bp{extra}d", d, c)
+        if not rows:
+            term = torch.einsum(f"nbpd,n{extra}->bp{extra}d", d, c)
+        elif c.shape[0] == d.shape[1]:
+            term = torch.einsum(f"nbpd,bn{extra}->bp{extra}d", d, c)
+        else:  # shared group: (R, ...) = (K replicas x batch)
+            k = c.shape[0] // d.shape[1]
+            c = c.view(k, d.shape[1], *c.shape[1:])
+            term = torch.einsum(f"nbpd,kbn{extra}->kbp{extra}d", d, c).flatten(0, 1)
         total = term if total is None else total + term
     if total is None:
         return torch.zeros((), dtype=coef.dtype, device=coef.device)

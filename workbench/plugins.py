@@ -34,7 +34,11 @@ from workbench.model import LoadedModel
 from workbench.tasks import PromptSet, coerce
 from workbench.tasks.encode import EncodedPrompts
 
-BUILTINS = ("plugins.dla",)
+BUILTINS = (
+    "plugins.dla", "plugins.eap", "plugins.eap_ig", "plugins.acdc", "plugins.logit_lens",
+    "plugins.attn", "plugins.ov_copy", "plugins.ablate_each", "plugins.patch",
+    "plugins.path_patch", "plugins.prune", "plugins.mask",
+)
 ENTRY_POINT_GROUP = "workbench.plugins"
 
 
@@ -154,7 +158,20 @@ class CircuitResult:
                 "edges": len(self.circuit.edges)}
 
 
-Result = NodeScores | EdgeScores | Table | Curve | CircuitResult
+@dataclass(frozen=True)
+class Composite:
+    """Several views of one run (pruning: the circuit, survival frequencies, the curve)."""
+
+    title: str
+    parts: tuple[tuple[str, Any], ...]  # (name, result); the first with scores feeds `select`
+    kind: str = "composite"
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": self.title,
+                "parts": {name: part.summary() for name, part in self.parts}}
+
+
+Result = NodeScores | EdgeScores | Table | Curve | CircuitResult | Composite
 
 
 # -- techniques and the registry ---------------------------------------------------------------
@@ -213,6 +230,11 @@ def load_registry(builtins: tuple[str, ...] = BUILTINS) -> dict[str, Technique]:
 def select_circuit(result: Result, graph: Graph, top: int | None = None,
                    threshold: float | None = None, name: str = "") -> Circuit:
     """Turn scores into a circuit: the `top` largest |scores|, or all with |score| >= threshold."""
+    if isinstance(result, Composite):
+        first = next((p for _, p in result.parts if not isinstance(p, Table | Curve)), None)
+        if first is None:
+            raise WorkbenchError("this result has no scores or circuit to select from")
+        return select_circuit(first, graph, top, threshold, name)
     if isinstance(result, CircuitResult):
         return result.circuit
     if isinstance(result, NodeScores):

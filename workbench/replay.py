@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.model import LoadedModel
+from workbench.model import LoadedModel, load_model
 from workbench.session import Outcome, Session
 from workbench.sessionlog import SessionLog, is_jsonl_session, read_script
 
@@ -62,7 +62,9 @@ def replay(path: str | Path, keep_going: bool = False, model: LoadedModel | None
     loads_first = bool(recorded) and recorded[0][0].split()[0] == "load"
     start_model: LoadedModel | str | None = model
     if start_model is None and not loads_first and source and not source.startswith("object:"):
-        start_model = source
+        # Load it here, not as Session(model=source): that would run an extra `load` command
+        # and shift every command number away from the recording's.
+        start_model = load_model(source)
     if start_model is None and not loads_first:
         raise WorkbenchError(f"{path} does not load a model and none was given; add a load "
                              "command first (e.g. load add3)")

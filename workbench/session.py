@@ -33,7 +33,7 @@ from workbench.commands import Command, help_text, parse
 from workbench.errors import WorkbenchError
 from workbench.export import export
 from workbench.forward import Mode
-from workbench.graph import Circuit, Graph, compare, expand, parse_edge
+from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
 from workbench.metrics import METRICS, Report
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
 from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, \
@@ -142,7 +142,7 @@ class Session:
         n = len(self.outcomes) + 1
         text = str(line).strip()
         try:
-            cmd = line if isinstance(line, Command) else parse(line)
+            cmd = line if isinstance(line, Command) else self._parse(line)
             if cmd is None:
                 return Outcome(n=0, cmd="", ok=True)
             text = cmd.text
@@ -151,7 +151,9 @@ class Session:
             if cmd.verb in UNDOABLE and self.state is not before:
                 self.undo_stack.append(before)
                 self.redo_stack.clear()
-            outcome = Outcome(n, text, True, out, None, digest(out),
+            # Where a result's tensors were stored depends on the log's name, not the result.
+            digested = {k: v for k, v in out.items() if k != "tensors"}
+            outcome = Outcome(n, text, True, out, None, digest(digested),
                               time.perf_counter() - start, result)
         except WorkbenchError as exc:
             outcome = Outcome(n, text, False, error=str(exc),
@@ -166,6 +168,17 @@ class Session:
         self.outcomes.append(outcome)
         self._append_log(outcome)
         return outcome
+
+    def _parse(self, line: str) -> Command | None:
+        """`parse`, plus `metric NAME` for the metric functions this session was given (the
+        parser is stateless and only knows the built-in metric names)."""
+        try:
+            return parse(line)
+        except WorkbenchError:
+            words = line.split("#", 1)[0].split()
+            if len(words) == 2 and words[0].lower() == "metric" and words[1] in self.metric_fns:
+                return Command("metric", (words[1],), (), f"metric {words[1]}")
+            raise
 
     # -- verbs -------------------------------------------------------------------------------
 
@@ -289,7 +302,12 @@ class Session:
                                      threshold=float(threshold) if threshold else None)
             level = "node" if result.kind == "node_scores" else "edge"
         else:
-            nodes = [n.base() for n in self._targets(cmd.args, engine.graph, None)]
+            targets = self._targets(cmd.args, engine.graph, None)
+            edge = next((t for t in targets if isinstance(t, Edge)), None)
+            if edge is not None:
+                raise WorkbenchError(f"select NODE... takes components, not edges ({edge}); "
+                                     "select r<n> top=K picks edges from edge scores")
+            nodes = [n.base() for n in targets]
             circuit, level = Circuit.from_nodes(nodes, engine.graph), "node"
         cid = f"c{self.state.n_circuits + 1}"
         circuit = Circuit(circuit.nodes, circuit.edges, circuit.scores, name=cid)
@@ -320,13 +338,19 @@ class Session:
 
     def _export(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         circuit = self.state.circuit(cmd.args[0]).circuit
+        Path(cmd.args[1]).parent.mkdir(parents=True, exist_ok=True)  # like save: out/ may be new
         path = export(circuit, Path(cmd.args[1]))
         return {"id": cmd.args[0], "path": str(path)}, path
 
     def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        if self.path is None or not self.path.exists():
-            raise WorkbenchError("this session has no log file yet; start it with a path")
         target = Path(cmd.args[0])
+        if self.path is None or not self.path.exists():
+            # No log file (a notebook session, a replay without --log): write it from memory.
+            log = SessionLog(target)
+            log.start(self._header())
+            for outcome in self.outcomes:
+                log.append(_entry(outcome))
+            return {"path": str(target), "commands": len(self.outcomes)}, None
         target.parent.mkdir(parents=True, exist_ok=True)
         text = self.path.read_text()
         tmp = target.with_suffix(target.suffix + ".tmp")
@@ -403,28 +427,37 @@ class Session:
     # -- the log -----------------------------------------------------------------------------
 
     def _header_model(self) -> str | None:
-        return self.state.model.identity.source if self.state.model else None
+        """The model the log's header names (None until the log knows one)."""
+        if self._log is None or self.path is None or not self.path.exists():
+            return None
+        return self._log.header().model_source
 
     def _start_log(self, keep_entries: bool = False) -> None:
         if self._log is None:
             return
-        model = self.state.model
-        header = Header(workbench=__version__,
-                        model_source=model.identity.source if model else None,
-                        model_sha256=model.identity.sha256 if model else None,
-                        device=model.card.device if model else self.device, seed=self.seed)
+        header = self._header()
         entries = self._log.entries() if keep_entries and self.path and self.path.exists() \
             else []
         self._log.start(header)
         for entry in entries:
             self._log.append(entry)
 
+    def _header(self) -> Header:
+        model = self.state.model
+        return Header(workbench=__version__,
+                      model_source=model.identity.source if model else None,
+                      model_sha256=model.identity.sha256 if model else None,
+                      device=model.card.device if model else self.device, seed=self.seed)
+
     def _append_log(self, outcome: Outcome) -> None:
         if self._log is None or outcome.n == 0:
             return
-        self._log.append(Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok,
-                               out=_json_safe(outcome.out), error=outcome.error,
-                               digest=outcome.digest, seconds=round(outcome.seconds, 4)))
+        self._log.append(_entry(outcome))
+
+
+def _entry(outcome: Outcome) -> Entry:
+    return Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok, out=_json_safe(outcome.out),
+                 error=outcome.error, digest=outcome.digest, seconds=round(outcome.seconds, 4))
 
 
 def _perf_json(perf: Perf) -> dict[str, Any]:

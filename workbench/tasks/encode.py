@@ -49,12 +49,16 @@ class EncodedPrompts:
             self.lengths.to(device),
         )
 
-    def subset(self, index: slice) -> EncodedPrompts:
-        """Rows `index` (a slice), for chunked forward passes."""
+    def subset(self, index: slice | list[int]) -> EncodedPrompts:
+        """Rows `index` (a slice or a list of row numbers), for chunks and minibatches."""
+        if isinstance(index, slice):
+            rows, accepted = index, self.accepted[index]
+        else:
+            rows = torch.tensor(index, dtype=torch.long, device=self.clean.device)
+            accepted = tuple(self.accepted[i] for i in index)
         return EncodedPrompts(
-            self.clean[index], self.corrupted[index], self.answer_pos[index],
-            self.answer[index], self.contrast[index], self.accepted[index],
-            self.lengths[index],
+            self.clean[rows], self.corrupted[rows], self.answer_pos[rows],
+            self.answer[rows], self.contrast[rows], accepted, self.lengths[rows],
         )
 
 

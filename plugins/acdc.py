@@ -1,0 +1,163 @@
+"""ACDC (`run acdc`, Conmy et al. 2023): prune edges one by one while the metric barely moves.
+
+1. Start from the full graph (every edge kept) and visit receivers in reverse topological
+   order: logits, then per layer from the last: the MLP, then the heads' q, k, v inputs.
+2. For a receiver whose component no longer feeds anything kept, drop all its incoming edges
+   untested (they cannot change the output: exact).
+3. Otherwise test its kept incoming edges in turn: remove an edge if the metric gets worse by
+   less than `tau` (KL to the clean model rising, or logit difference falling), else keep it.
+Speed, without changing the result of the sequential algorithm:
+- edges into layers below the receiver are all still kept when it is visited, so the residual
+  and source outputs below its layer are the cached clean run: each test restarts at the
+  receiver's layer (about half a forward on average);
+- candidates are tested in prefix batches: replica j of one batched forward removes candidates
+  1..j on top of the current circuit. While every test says "remove", replica j is exactly the
+  sequential state; at the first "keep", later replicas are discarded and the next batch starts
+  after it. The batch doubles while tests say "remove" and shrinks after a "keep" (capped by
+  `replicas` or a memory budget); deltas below the restart layer are shared between replicas.
+
+Cost: about (n_layers - layer) / n_layers forward passes per tested edge (measured in bench/).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from workbench.ablation import AblationEngine
+from workbench.errors import WorkbenchError
+from workbench.forward import Mode, Patch, State
+from workbench.graph import Circuit, Node
+from workbench.metrics import metric_per_prompt
+from workbench.plugins import CircuitResult, Context, Technique
+from workbench.tasks.encode import EncodedPrompts
+
+
+@dataclass(frozen=True)
+class Params:
+    tau: float = 0.01  # metric change below which an edge is removed
+    metric: Literal["kl", "logit_diff"] = "kl"
+    mode: Mode | None = None  # ablation of removed edges (default: the session's)
+    replicas: int = 0  # candidates per batched forward; 0 = choose from a memory budget
+    memory_mb: int = 1024  # budget for one batched forward when replicas = 0
+
+
+@dataclass(frozen=True)
+class AcdcStats:
+    tested: int
+    forwards: int
+    layers_run: float  # sum over forwards of the fraction of layers recomputed x replicas
+
+
+def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None = None
+         ) -> tuple[Tensor, dict[int, float], AcdcStats]:
+    """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
+    lay, graph, enc, w = engine.forward.layout, engine.graph, engine.enc, engine.weights
+    keep = torch.ones(lay.n_edges, device=engine.device)
+    deltas = engine.clean.deltas_from(engine.values[mode], w)
+    current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]
+    outgoing: dict[Node, list[int]] = defaultdict(list)
+    for index, edge in enumerate(graph.edges):
+        outgoing[edge.src].append(index)
+    scores: dict[int, float] = {}
+    tested = forwards = 0
+    layers_run = 0.0
+    receivers = list(reversed(graph.receivers))
+    for i, receiver in enumerate(receivers):
+        if ctx is not None:
+            ctx.check()
+            ctx.progress(i / len(receivers), f"ACDC: {receiver} ({tested} edges tested)")
+        first = graph.edge_index[next(e for e in graph.edges if e.dst == receiver)]
+        incoming = list(range(first, first + graph.n_upstream(receiver)))
+        if receiver.kind != "logits" and not keep[outgoing[receiver.base()]].any():
+            keep[incoming] = 0.0  # its output is read by nothing kept: exact, untested
+            continue
+        start = lay.n_layers if receiver.kind == "logits" else int(receiver.layer or 0)
+        candidates = [e for e in reversed(incoming) if keep[e] > 0]
+        at, width = 0, 2  # adaptive batch: grows while tests say "remove"
+        while at < len(candidates):
+            k = min(len(candidates) - at, width, _replicas(engine, params, start))
+            rows = keep.repeat(k, 1)
+            for j in range(k):  # replica j removes candidates at..at+j
+                rows[j:, candidates[at + j]] = 0.0
+            values = _metric(engine, params, rows, start, deltas, mode)
+            forwards += 1
+            layers_run += k * (lay.n_layers - start + 0.5) / (lay.n_layers + 0.5)
+            prev = current
+            for j in range(k):
+                tested += 1
+                change = (values[j] - prev) if params.metric == "kl" else (prev - values[j])
+                edge = candidates[at + j]
+                if change < params.tau:
+                    keep[edge] = 0.0
+                    prev = current = values[j]
+                else:
+                    scores[edge] = change
+                    at += j + 1
+                    width = max(2, j + 1)
+                    break
+            else:
+                at += k
+                width *= 2
+    return keep, scores, AcdcStats(tested, forwards, layers_run)
+
+
+def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
+    if params.replicas > 0:
+        return params.replicas
+    enc, w = engine.enc, engine.weights
+    lay = engine.forward.layout
+    per_row = enc.clean.shape[1] * w.W_E.shape[1] * 4  # one residual row, bytes
+    downstream = lay.n_sources - (1 + start * (lay.n_heads + 1)) + 6 * lay.n_heads
+    per_replica = enc.n * per_row * max(downstream, 1)
+    return max(1, min(64, params.memory_mb * 2**20 // max(per_replica, 1)))
+
+
+@torch.no_grad()
+def _metric(engine: AblationEngine, params: Params, rows: Tensor, start: int,
+            deltas: list[Tensor], mode: Mode) -> list[float]:
+    """Metric of each keep vector in `rows` (k, n_edges), restarting at layer `start`."""
+    enc, lay = engine.enc, engine.forward.layout
+    k = rows.shape[0]
+    start = min(start, lay.n_layers)
+    clean = engine.clean
+    resid = [clean.resid_pre[i] for i in range(start)]
+    resid.append(clean.resid_pre[start].repeat(k, 1, 1))
+    state = State(resid_pre=resid, deltas=deltas[: 1 + 2 * start])
+    tiled = _tile(enc, k)
+    patch = Patch(edge=rows.repeat_interleave(enc.n, dim=0), edge_mode=mode)
+    logits = engine.forward.run(tiled.clean, tiled.answer_pos, patch, engine.values,
+                                start=start, state=state)[0]
+    reference = engine.clean_logits.repeat(k, 1, 1)
+    per_prompt = metric_per_prompt(params.metric, logits, tiled, reference)
+    return per_prompt.view(k, enc.n).mean(1).tolist()
+
+
+def _tile(enc: EncodedPrompts, k: int) -> EncodedPrompts:
+    return replace(enc, clean=enc.clean.repeat(k, 1), corrupted=enc.corrupted.repeat(k, 1),
+                   answer_pos=enc.answer_pos.repeat(k, 1), answer=enc.answer.repeat(k, 1),
+                   contrast=enc.contrast.repeat(k, 1), accepted=enc.accepted * k,
+                   lengths=enc.lengths.repeat(k))
+
+
+def run(ctx: Context, params: Params) -> CircuitResult:
+    if params.tau < 0:
+        raise WorkbenchError("tau must be >= 0")
+    mode = params.mode or ctx.mode
+    keep, scores, stats = acdc(ctx.engine, params, mode, ctx)
+    edges = [ctx.graph.edges[i] for i in keep.nonzero().flatten().tolist()]
+    circuit = Circuit.from_edges(
+        edges, scores={str(ctx.graph.edges[i]): v for i, v in scores.items() if keep[i] > 0})
+    title = (f"ACDC tau={params.tau} {params.metric} ({mode}): {len(edges)} edges, "
+             f"{stats.tested} tested in {stats.forwards} batched forwards")
+    return CircuitResult(title, circuit)
+
+
+TECHNIQUE = Technique(
+    name="acdc", title="Automatic circuit discovery (ACDC)", Params=Params, run=run,
+    cost="~0.5 FE per tested edge (restart at the receiver's layer, batched candidates)",
+)

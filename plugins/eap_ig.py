@@ -1,0 +1,43 @@
+"""EAP with integrated gradients (`run eap_ig`, Hanna et al. 2024): see `plugins.eap`.
+
+1. Move the `input` node along a straight path from its ablated to its clean value (`steps`
+   points, midpoint rule); everything downstream is recomputed at each point.
+2. At each point, one forward and one backward through the zero-valued edge probe give
+   `(clean_s - abl_s) . dM/d(input of r)` for every edge; average over the points.
+3. The score is the negative average: the estimated metric change when the edge is ablated.
+
+Cost: `steps` x (1 forward + 1 backward), prompts in chunks of `batch_size`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plugins.eap import edge_attribution, metric_name
+from workbench.errors import WorkbenchError
+from workbench.forward import Mode
+from workbench.plugins import Context, EdgeScores, Technique
+
+
+@dataclass(frozen=True)
+class Params:
+    mode: Mode | None = None
+    steps: int = 5
+    batch_size: int = 64
+
+
+def run(ctx: Context, params: Params) -> EdgeScores:
+    if params.steps < 1:
+        raise WorkbenchError("eap_ig needs steps >= 1")
+    mode = params.mode or ctx.mode
+    scores = edge_attribution(ctx.engine, metric_name(ctx), mode, params.steps, params.batch_size,
+                              ctx)
+    return EdgeScores(f"EAP-IG ({params.steps} steps)", ctx.graph, scores,
+                      unit=f"est. change in {ctx.metric} ({mode})")
+
+
+
+TECHNIQUE = Technique(
+    name="eap_ig", title="Edge attribution patching with integrated gradients", Params=Params,
+    run=run, cost="steps x (1 forward + 1 backward)",
+)

@@ -1,0 +1,240 @@
+"""Activation patching (`run patch`): write one activation of the other run into this one.
+
+1. Pick the direction. `corrupt_to_clean` runs the clean prompts and writes the corrupted run's
+   value into one site: the engine's `resample` ablation, which is exactly patching corrupted ->
+   clean. `clean_to_corrupt` (TransformerLens's convention) runs the corrupted prompts and writes
+   the clean value in, through a second engine on the swapped prompt set (its `resample` value
+   is the clean run).
+2. Enumerate the sites (`site`, `by_position`); each is an intervention the engine already has:
+   - `resid`: resid_pre of layer L (at position p): the base run's cached residual before L,
+     with the other run's value written in, and layers L.. rerun from there (L = 0: the `input`
+     node, which nothing precedes). Not node replacement of everything upstream at p: that
+     would also change what earlier heads read at p, and so their outputs at other positions;
+   - `attn_out`: every head of layer L (at p); `mlp_out`: MLP L (at p); `head_out`: head aL.H;
+   - `head_q|k|v`: the receiver aL.H<q|k|v> reads the other run's residual. q, k and v are
+     per-position functions of it (LayerNorm included), so this is patching hook_q/k/v;
+   - `head_pattern`: both the q and the k input at every position, which gives the other run's
+     pattern exactly. Not offered by position: a destination row of the pattern depends on the
+     keys at every source position, which feed the other rows too, so no input swap isolates it.
+3. Run the sites deepest layer first, so each engine call restarts at the site's own layer.
+4. Score each run with the session metric M and normalise:
+   `(M_patched - M_base) / (M_other - M_base)`. 0 = no effect; 1 = the site alone carries the
+   whole clean/corrupted difference (the patched run scores like the run the value came from).
+
+Results: heads or MLPs at all positions -> `NodeScores` (per head / per MLP); heads by position
+-> `Table` heads x positions; resid and attn_out, and mlp_out by position -> `Table` layers x
+positions (one column `all` at all positions; resid there is trivially the other run).
+`by_position` defaults to true for the layer sites and false for heads. The run uses the full
+model: the session's current ablations are not applied.
+
+Cost in forward-pass equivalents (FE): a run at layer L costs (n_layers - L) / n_layers FE, so
+a sweep of s sites per layer costs about s * (n_layers + 1) / 2 FE, times n_pos by position
+(`head_out` by position on GPT-2 small: 12 * 13 * 13 / 2 = about 1000 FE on 13 tokens).
+`clean_to_corrupt` adds 2 FE for the swapped engine's two recorded runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from workbench.ablation import Ablation, AblationEngine
+from workbench.errors import WorkbenchError
+from workbench.forward import State
+from workbench.graph import INPUT, Node, head, mlp
+from workbench.metrics import metric
+from workbench.plugins import Context, NodeScores, Table, Technique
+
+Direction = Literal["corrupt_to_clean", "clean_to_corrupt"]
+Site = Literal["resid", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v",
+               "head_pattern"]
+HEAD_SITES: tuple[Site, ...] = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
+MIN_GAP = 1e-6  # |M_other - M_base| below this: nothing to normalise by
+
+
+@dataclass(frozen=True)
+class Params:
+    site: Site = "resid"
+    direction: Direction = "corrupt_to_clean"
+    by_position: bool | None = None  # None: true for resid/attn_out/mlp_out, false for heads
+
+
+# -- the two runs and the metric -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The engine whose clean run is the base run, and the metric of both unpatched runs."""
+
+    engine: AblationEngine
+    base: float  # M of the run patched into
+    other: float  # M of the run the patched values come from
+
+    def normalise(self, patched: Tensor) -> Tensor:
+        gap = self.other - self.base
+        if abs(gap) < MIN_GAP:
+            raise WorkbenchError(
+                f"the clean and corrupted runs score the same ({self.base:.6g}) under this "
+                "metric, so there is no effect to normalise by; try another metric or corruption")
+        return (patched - self.base) / gap
+
+
+def baseline(ctx: Context, direction: Direction) -> Baseline:
+    """`corrupt_to_clean`: the session's engine. `clean_to_corrupt`: an engine on the swapped
+    prompt set (2 FE), whose clean run is the corrupted prompts and `resample` the clean run."""
+    engine = ctx.engine
+    if direction == "clean_to_corrupt":
+        enc = ctx.engine.enc
+        swapped = dataclasses.replace(enc, clean=enc.corrupted, corrupted=enc.clean)
+        engine = AblationEngine(ctx.model, swapped, ctx.graph)
+    elif direction != "corrupt_to_clean":
+        raise WorkbenchError(f"direction={direction!r}: use corrupt_to_clean or clean_to_corrupt")
+    return Baseline(engine, score(ctx, engine.clean_logits), score(ctx, engine.corrupted_logits))
+
+
+def score(ctx: Context, logits: Tensor) -> float:
+    """The session metric of answer logits, always against the clean prompts' answers (the
+    swapped engine keeps them) and, for `kl`, the clean run's logits."""
+    return metric(ctx.metric, logits, ctx.engine.enc, ctx.engine.clean_logits)
+
+
+# -- which runs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One patched run: cell (row, col) of the result, the site's layer, and what to patch."""
+
+    row: int
+    col: int
+    layer: int
+    targets: tuple[Node, ...] = ()  # engine ablations (resample), or
+    resid_pos: int | None = None  # with resid: the position (None = all)
+    resid: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The raw metric of every patched run, laid out as the result will be."""
+
+    site: Site
+    rows: tuple[str, ...]
+    cols: tuple[str, ...]
+    patched: Tensor  # (rows, cols): M of each patched run
+    base: Baseline
+
+
+def _plan(site: Site, by_position: bool, n_layers: int, n_heads: int, n_pos: int
+          ) -> tuple[tuple[str, ...], list[_Run]]:
+    """Row labels and the runs, deepest layer first (stable within a layer)."""
+    positions: list[int | None] = list(range(n_pos)) if by_position else [None]
+    runs: list[_Run] = []
+    if site in HEAD_SITES:
+        heads = [head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        rows = tuple(str(n) for n in heads)
+        ports = {"head_out": (None,), "head_q": ("q",), "head_k": ("k",), "head_v": ("v",),
+                 "head_pattern": ("q", "k")}[site]
+        for i, n in enumerate(heads):
+            for j, p in enumerate(positions):
+                targets = tuple(n.with_port(port).at(p) for port in ports)  # type: ignore[arg-type]
+                runs.append(_Run(i, j, n.layer or 0, targets))
+    elif site == "resid":
+        rows = tuple(f"resid_pre {layer}" for layer in range(n_layers))
+        runs = [_Run(layer, j, layer, resid_pos=p, resid=True)
+                for layer in range(n_layers) for j, p in enumerate(positions)]
+    elif site == "attn_out":
+        rows = tuple(f"attn_out {layer}" for layer in range(n_layers))
+        runs = [_Run(layer, j, layer, tuple(head(layer, h, pos=p) for h in range(n_heads)))
+                for layer in range(n_layers) for j, p in enumerate(positions)]
+    elif site == "mlp_out":
+        rows = tuple(str(mlp(layer)) for layer in range(n_layers))
+        runs = [_Run(layer, j, layer, (mlp(layer, p),))
+                for layer in range(n_layers) for j, p in enumerate(positions)]
+    else:
+        raise WorkbenchError(f"site={site!r}: use one of resid, attn_out, mlp_out, "
+                             + ", ".join(HEAD_SITES))
+    runs.sort(key=lambda r: -r.layer)
+    return rows, runs
+
+
+def _position_labels(ctx: Context, n_pos: int) -> tuple[str, ...]:
+    try:
+        from workbench.positions import position_labels
+    except ImportError:  # the shared labeller is newer than this plugin
+        return tuple(str(p) for p in range(n_pos))
+    return position_labels(ctx.model.tokenizer, ctx.engine.enc)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _resid_logits(engine: AblationEngine, layer: int, pos: int | None) -> Tensor:
+    """Answer logits with resid_pre[layer] (at `pos`) taken from the engine's resample run."""
+    if layer == 0:  # resid_pre[0] is the input node's output: nothing upstream to keep
+        return engine.logits([Ablation(INPUT.at(pos), "resample")])
+    base, other = engine.clean.resid_pre, engine.corrupted.resid_pre  # (L + 1, batch, pos, d)
+    if pos is None:
+        patched = other[layer]
+    else:
+        patched = base[layer].clone()
+        patched[:, pos] = other[layer][:, pos]
+    state = State(resid_pre=[*base[:layer], patched])
+    return engine.forward.run(engine.enc.clean, engine.enc.answer_pos, start=layer,
+                              state=state)[0]
+
+
+def sweep(ctx: Context, params: Params) -> Sweep:
+    """Run every patch of `params` and return the raw metrics (`run` normalises them)."""
+    site = params.site
+    by_position = params.by_position if params.by_position is not None \
+        else site not in HEAD_SITES
+    if site == "head_pattern" and by_position:
+        raise WorkbenchError("site=head_pattern is patched at all positions only (one row of a "
+                             "pattern cannot be swapped through q/k inputs); use by_position="
+                             "false, or head_q by position")
+    base = baseline(ctx, params.direction)
+    engine = base.engine
+    w = engine.weights
+    n_pos = engine.n_pos
+    rows, runs = _plan(site, by_position, w.n_layers, w.n_heads, n_pos)
+    cols = _position_labels(ctx, n_pos) if by_position else ("all",)
+    patched = torch.full((len(rows), len(cols)), float("nan"))
+    with torch.no_grad():
+        for i, r in enumerate(runs):
+            ctx.check()
+            ctx.progress(i / len(runs), f"patch {site}: {rows[r.row]} @ {cols[r.col]}")
+            if r.resid:
+                logits = _resid_logits(engine, r.layer, r.resid_pos)
+            else:
+                logits = engine.logits([Ablation(t, "resample") for t in r.targets])
+            patched[r.row, r.col] = score(ctx, logits)
+    ctx.progress(1.0, f"patch {site}: done")
+    return Sweep(site, rows, cols, patched, base)
+
+
+def run(ctx: Context, params: Params) -> NodeScores | Table:
+    result = sweep(ctx, params)
+    effect = result.base.normalise(result.patched)  # (rows, cols)
+    what = {"resid": "residual stream (resid_pre)", "attn_out": "attention layer outputs",
+            "mlp_out": "MLP outputs", "head_out": "head outputs", "head_q": "head queries",
+            "head_k": "head keys", "head_v": "head values", "head_pattern": "head patterns"}
+    title = f"activation patching of {what[result.site]}, {params.direction.replace('_', ' ')}"
+    unit = "normalised effect"
+    nodes = result.site in HEAD_SITES or result.site == "mlp_out"
+    if nodes and result.cols == ("all",):
+        return NodeScores(title=title, scores=dict(zip(result.rows, effect[:, 0].tolist(),
+                                                       strict=True)),
+                          unit=unit, extra={"metric_base": result.base.base,
+                                            "metric_other": result.base.other})
+    return Table(title=title, rows=result.rows, cols=result.cols, values=effect, unit=unit)
+
+
+TECHNIQUE = Technique(
+    name="patch", title="Activation patching", Params=Params, run=run,
+    cost="s * (n_layers + 1) / 2 FE for s sites per layer (times n_pos by position); "
+         "+2 FE for clean_to_corrupt",
+)

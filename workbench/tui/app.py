@@ -1,0 +1,402 @@
+"""The Circuit Workbench TUI: panes around one resident model, a log and a command line.
+
+Layout (top to bottom): head grid and live performance on the left, tabs on the right (model
+card and prompts, result views, circuit graph); a status line with the progress bar; the log;
+the command line; the footer. `:` focuses the command line, `?` lists every key binding,
+Ctrl+P opens the command palette.
+
+Flow: every action -- a keypress in the grid, a line typed, a palette entry -- becomes a
+command line passed to `submit`. One worker thread (`_drain`) executes queued lines in order
+through `Session.execute` with a `progress` callback feeding the progress bar and a
+`cancelled` callback that Esc sets; after each it builds the views (`views.build_snapshot`) and
+posts `CommandFinished`. The main thread only renders. Loading or resuming the session runs
+the same way (`_boot`), so the UI never freezes.
+
+Invariants: the session changes only inside `Session.execute`, so everything done here is in
+the session file and replays with `workbench replay`; a failure anywhere in a callback is shown
+as a one-line notification, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
+
+from workbench.errors import WorkbenchError
+from workbench.session import Outcome, Session
+from workbench.tui.boot import open_session
+from workbench.tui.command_line import CommandLine
+from workbench.tui.completion import complete
+from workbench.tui.graph_layout import GraphLayout, circuit_layout, compare_layout
+from workbench.tui.help_screen import HelpScreen
+from workbench.tui.keys import bindings, load_keymap
+from workbench.tui.messages import Booted, BootFailed, CommandFinished, CommandStarted, Progress
+from workbench.tui.palette import VerbCommands
+from workbench.tui.panes.graph_view import GraphView
+from workbench.tui.panes.head_grid import HeadGrid
+from workbench.tui.panes.log import LogPane
+from workbench.tui.panes.performance import PerformancePane
+from workbench.tui.panes.prompts import PromptsPane
+from workbench.tui.panes.results import ResultsPane
+from workbench.tui.result_views import circuit_of
+from workbench.tui.views import Snapshot, build_snapshot, card_view, grid_view
+
+log = logging.getLogger(__name__)
+
+CSS = """
+#main { height: 1fr; }
+#left { width: 48; border-right: solid $primary; }
+#grid-box { height: auto; max-height: 60%; }
+#right { width: 1fr; }
+#status-row { height: 1; background: $panel; }
+#status { width: 1fr; padding: 0 1; color: $text-muted; }
+#progress { width: 36; display: none; }
+#progress.running { display: block; }
+"""
+
+
+class WorkbenchApp(App[None]):
+    """The workbench on one session. Give it a `Session` (tests, notebooks) or what to open."""
+
+    TITLE = "Circuit Workbench"
+    CSS = CSS
+    BINDINGS = bindings("app")
+    COMMANDS = App.COMMANDS | {VerbCommands}
+
+    def __init__(self, session: Session | None = None, *, model: str | None = None,
+                 session_path: Path | None = None, device: str = "auto",
+                 download: bool = False, keymap: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.session: Session | None = None
+        self._given = session
+        self._open_args = (model, session_path, device, download)
+        self.keymap, self._key_problems = (keymap, []) if keymap is not None else load_keymap()
+        self.ready = False  # the model is resident and the first views are shown
+        self.busy = False
+        self.history: list[float] = []  # performance % after each change, for the sparkline
+        self.selected_result: str | None = None
+        self.graph_source: tuple[str, ...] | None = None
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._worker_last: Snapshot | None = None
+        self.snapshot: Snapshot | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                with VerticalScroll(id="grid-box"):
+                    yield HeadGrid(id="grid")
+                yield PerformancePane(id="perf")
+            with TabbedContent(id="right", initial="prompts"):
+                with TabPane("model & prompts", id="prompts"):
+                    yield PromptsPane(id="prompts-pane")
+                with TabPane("results", id="results"):
+                    yield ResultsPane(id="results-pane")
+                with TabPane("graph", id="graph"):
+                    with VerticalScroll():
+                        yield GraphView(id="graph-view")
+        with Horizontal(id="status-row"):
+            yield Static("starting...", id="status")
+            yield ProgressBar(id="progress", show_eta=False)
+        yield LogPane(id="log")
+        yield CommandLine(self._complete, id="command")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_keymap(self.keymap)
+        for problem in self._key_problems:
+            self.notify(problem, severity="warning")
+        self.query_one(HeadGrid).focus()
+        self._boot()
+
+    # -- opening the session ------------------------------------------------------------------
+
+    @work(thread=True, exit_on_error=False, group="session")
+    def _boot(self) -> None:
+        try:
+            if self._given is not None:
+                session, outcomes = self._given, list(self._given.outcomes)
+            else:
+                model, path, device, download = self._open_args
+                self.post_message(Progress(None, f"loading {model or 'the default model'}"))
+                session, outcomes = open_session(model, path, device, self._progress(),
+                                                 self._cancel.is_set, download)
+            snapshot = self._build(session, None)
+            self.post_message(Booted(session, snapshot, outcomes))
+        except WorkbenchError as exc:
+            self.post_message(BootFailed(str(exc)))
+        except Exception as exc:  # a bug must not leave a traceback on the user's terminal
+            log.exception("opening the session failed")
+            self.post_message(BootFailed(f"cannot open the session: {exc}"))
+
+    def on_booted(self, message: Booted) -> None:
+        self.session = message.session
+        for outcome in message.outcomes:
+            self._record(outcome, quiet=True)
+        last = message.outcomes[-1] if message.outcomes else None
+        if last is not None and not last.ok:  # e.g. the model did not load
+            self.notify(f"{last.cmd}: {last.error}", severity="error")
+        self._apply(message.snapshot)
+        self.ready = True
+        self._status("ready")
+        self._set_running(False)
+        self._start_drain()
+
+    def on_boot_failed(self, message: BootFailed) -> None:
+        self._set_running(False)
+        self._status(f"could not open the session: {message.error}")
+        self.notify(message.error, severity="error")
+
+    # -- running commands ---------------------------------------------------------------------
+
+    def submit(self, line: str) -> None:
+        """Queue one command line for `Session.execute` (the only way the UI changes state)."""
+        self._queue.append(line)
+        self._start_drain()
+
+    def prefill(self, line: str) -> None:
+        """Put `line` on the command line and focus it (for the palette)."""
+        command = self.query_one(CommandLine)
+        command.value = line
+        command.cursor_position = len(line)
+        command.focus()
+
+    def _start_drain(self) -> None:
+        with self._lock:
+            if self.busy or self.session is None or not self._queue:
+                return
+            self.busy = True
+        self._drain()
+
+    @work(thread=True, exit_on_error=False, group="session")
+    def _drain(self) -> None:
+        session = self.session
+        assert session is not None
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self.busy = False
+                    return
+                line = self._queue.popleft()
+            self._cancel.clear()
+            self.post_message(CommandStarted(line))
+            try:
+                outcome = session.execute(line, progress=self._progress(),
+                                          cancelled=self._cancel.is_set)
+            except Exception as exc:  # a bug in the core or a plugin: one line, no traceback
+                log.exception("command %r failed", line)
+                outcome = Outcome(n=0, cmd=line, ok=False, error=f"internal error: {exc}")
+            self.post_message(CommandFinished(outcome, self._build(session, outcome)))
+
+    def _build(self, session: Session, outcome: Outcome | None) -> Snapshot:
+        try:
+            self._worker_last = build_snapshot(session, outcome, self._worker_last)
+        except Exception as exc:
+            log.exception("building the views failed")
+            self._worker_last = Snapshot(None, problem=f"cannot show this state: {exc}")
+        return self._worker_last
+
+    def _progress(self) -> Callable[[float, str], None]:
+        """A throttled progress callback for the worker (at most ~20 messages a second)."""
+        last = [0.0]
+
+        def report(fraction: float, text: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.05 or fraction >= 1.0:
+                last[0] = now
+                self.post_message(Progress(fraction, text))
+
+        return report
+
+    def on_command_started(self, message: CommandStarted) -> None:
+        self._status(f"running: {message.line}   (Esc cancels)")
+        self._set_running(True)
+
+    def on_progress(self, message: Progress) -> None:
+        self._set_running(True)
+        bar = self.query_one(ProgressBar)
+        if message.fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=100, progress=100 * max(0.0, min(1.0, message.fraction)))
+        if message.text:
+            self._status(f"{message.text}   (Esc cancels)")
+
+    def on_command_finished(self, message: CommandFinished) -> None:
+        try:
+            self._record(message.outcome)
+            self._apply(message.snapshot)
+        except Exception as exc:
+            log.exception("showing %r failed", message.outcome.cmd)
+            self.notify(f"cannot show the result: {exc}", severity="error")
+        if not self._queue:
+            self._set_running(False)
+            self._status("ready")
+
+    def _record(self, outcome: Outcome, quiet: bool = False) -> None:
+        """Log an outcome and follow it: select new results and circuits."""
+        self.query_one(LogPane).add(outcome)
+        if not outcome.ok:
+            if not quiet:
+                self.notify(f"{outcome.cmd}: {outcome.error}", severity="error")
+            return
+        verb, out = outcome.cmd.split()[0], outcome.out
+        tabs = self.query_one(TabbedContent)
+        if verb == "run":
+            self.selected_result = out["id"]
+            if circuit_of(outcome.result) is not None:
+                self.graph_source = ("result", out["id"])
+            tabs.active = "results" if not quiet else tabs.active
+        elif verb == "select":
+            self.graph_source = ("circuit", out["id"])
+            tabs.active = "graph" if not quiet else tabs.active
+        elif verb == "compare":
+            self.graph_source = ("compare", *outcome.cmd.split()[1:3])
+            tabs.active = "graph" if not quiet else tabs.active
+
+    # -- showing the state --------------------------------------------------------------------
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        """Bring every pane up to date with the session's state and `snapshot`."""
+        session = self.session
+        if session is None:
+            return
+        state = session.state
+        if snapshot.perf is not None and (self.snapshot is None or
+                                          snapshot.key != self.snapshot.key):
+            if snapshot.perf.percent is not None:
+                self.history.append(snapshot.perf.percent)
+        self.snapshot = snapshot
+        self.query_one(PerformancePane).show(snapshot.perf, tuple(self.history))
+        prompts = self.query_one(PromptsPane)
+        prompts.show_card(card_view(state, str(session.path) if session.path else None))
+        prompts.show_prompts(snapshot.prompts, snapshot.problem)
+        ids = [rid for rid, _ in state.results]
+        if self.selected_result not in ids:
+            self.selected_result = ids[-1] if ids else None
+        result = dict(state.results).get(self.selected_result or "")
+        self.query_one(HeadGrid).show(grid_view(state, result))
+        index = ids.index(self.selected_result) if self.selected_result in ids else 0
+        self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
+        self.query_one(GraphView).show(self._graph_layout())
+
+    def _graph_layout(self) -> GraphLayout | None:
+        session, source = self.session, self.graph_source
+        if session is None:
+            return None
+        state = session.state
+        circuits = dict(state.circuits)
+        if source is not None and source[0] == "compare" and \
+                all(c in circuits for c in source[1:]):
+            return compare_layout(circuits[source[1]].circuit, circuits[source[2]].circuit)
+        if source is not None and source[0] == "result":
+            found = circuit_of(dict(state.results).get(source[1]))
+            if found is not None:
+                return circuit_layout(found.circuit, f"{source[1]}: {found.title}")
+        if source is not None and source[0] == "circuit" and source[1] in circuits:
+            return circuit_layout(circuits[source[1]].circuit)
+        if circuits:
+            return circuit_layout(list(circuits.values())[-1].circuit)
+        return None
+
+    def _status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def _set_running(self, running: bool) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.set_class(running, "running")
+        if running:
+            bar.update(total=None)
+
+    def _complete(self, line: str) -> list[str]:
+        return complete(line, self.session)
+
+    # -- actions and widget messages ----------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":  # let Esc through to the focused widget when nothing runs
+            return self.busy or not self.ready
+        return True
+
+    def action_cancel(self) -> None:
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._cancel.set()
+        self._status("cancelling...")
+        if dropped:
+            self.notify(f"dropped {dropped} queued command(s)", severity="warning")
+
+    def action_command(self, line: str) -> None:
+        self.submit(line)
+
+    def action_focus_command(self) -> None:
+        self.query_one(CommandLine).focus()
+
+    def action_focus_grid(self) -> None:
+        self.query_one(HeadGrid).focus()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.keymap))
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_cycle_result(self, step: int) -> None:
+        if self.session is None or not self.session.state.results:
+            return
+        ids = [rid for rid, _ in self.session.state.results]
+        at = ids.index(self.selected_result) if self.selected_result in ids else 0
+        self.selected_result = ids[(at + step) % len(ids)]
+        if self.snapshot is not None:
+            self._apply(self.snapshot)
+        self.query_one(TabbedContent).active = "results"
+
+    @on(HeadGrid.Toggled)
+    def _toggle(self, message: HeadGrid.Toggled) -> None:
+        self.submit(f"{'restore' if message.ablated else 'ablate'} {message.node}")
+
+    @on(CommandLine.Entered)
+    def _entered(self, message: CommandLine.Entered) -> None:
+        self.submit(message.line)
+
+    @on(CommandLine.Candidates)
+    def _candidates(self, message: CommandLine.Candidates) -> None:
+        words = [c.rsplit(" ", 1)[-1] for c in message.candidates]
+        more = f" (+{len(words) - 12})" if len(words) > 12 else ""
+        self._status("  ".join(words[:12]) + more)
+
+    @on(CommandLine.Left)
+    def _left(self) -> None:
+        self.query_one(HeadGrid).focus()
+
+    @on(GraphView.NextCircuit)
+    def _next_circuit(self) -> None:
+        if self.session is None or not self.session.state.circuits:
+            return
+        ids = [cid for cid, _ in self.session.state.circuits]
+        now = self.graph_source[1] if self.graph_source and \
+            self.graph_source[0] == "circuit" else ids[-1]
+        at = ids.index(now) if now in ids else -1
+        self.graph_source = ("circuit", ids[(at + 1) % len(ids)])
+        self.query_one(GraphView).show(self._graph_layout())
+
+
+def run_app(model: str | None, session_path: Path | None, device: str = "auto",
+            download: bool = False) -> int:
+    """Run the TUI in this terminal until the user quits."""
+    WorkbenchApp(model=model, session_path=session_path, device=device,
+                 download=download).run()
+    return 0

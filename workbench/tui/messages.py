@@ -1,0 +1,52 @@
+"""Messages between the session worker thread and the UI (posting a message is thread-safe).
+
+Flow: the app queues command lines; its worker thread executes them one at a time through
+`Session.execute` and posts `CommandStarted`, any number of `Progress`, then `CommandFinished`
+(with the outcome and the views built for the new state). Opening the session posts `Booted`
+or `BootFailed`. Tests record these with `App.run_test(message_hook=...)`.
+
+Invariant: the worker never touches a widget; everything it wants shown travels in a message.
+"""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from workbench.session import Outcome, Session
+from workbench.tui.views import Snapshot
+
+
+class CommandStarted(Message):
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+
+class Progress(Message):
+    """`fraction` in 0..1, or None while the length of the work is unknown."""
+
+    def __init__(self, fraction: float | None, text: str) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.text = text
+
+
+class CommandFinished(Message):
+    def __init__(self, outcome: Outcome, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.outcome = outcome
+        self.snapshot = snapshot
+
+
+class Booted(Message):
+    def __init__(self, session: Session, snapshot: Snapshot, outcomes: list[Outcome]) -> None:
+        super().__init__()
+        self.session = session
+        self.snapshot = snapshot
+        self.outcomes = outcomes
+
+
+class BootFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
