@@ -6,7 +6,9 @@
    `mode` (default: the session's mode) through the ablation engine and take performance % of
    the session's metric (`engine.perf`: 100 = full model, 0 = everything ablated).
    `per_position=true` ablates it at one position at a time instead (a Table components x
-   positions); `mode=all` runs zero, mean and resample (a Table components x modes).
+   positions); `mode=all` runs zero, mean and resample (a Table components x modes);
+   `score=drop` reports 100 - performance % (so `select r<n> top=K` keeps the components
+   whose removal hurts most, where percent would rank the harmless ones first).
 3. Components run from the last layer to the first, so each call recomputes only from its own
    layer (the engine restarts at the earliest layer that changed since its previous call).
 
@@ -35,6 +37,8 @@ class Params:
     mode: Literal["zero", "mean", "resample", "all"] | None = None  # None: the session's mode
     per_position: bool = False  # ablate at one position at a time: components x positions
     nodes: str = "a*.*,m*"  # which components, as comma-separated command patterns
+    score: Literal["percent", "drop"] = "percent"  # drop = 100 - percent: `select top=K` keeps
+    # the components whose removal hurts most
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
@@ -51,23 +55,26 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
         ctx.check()
         ctx.progress(i / len(jobs), f"ablating {node.at(pos)} ({mode})")
         logits = eng.logits([Ablation(node.at(pos), mode)])
-        perf[node, pos, mode] = eng.perf(logits, ctx.metric, mode).percent
+        percent = eng.perf(logits, ctx.metric, mode).percent
+        perf[node, pos, mode] = 100.0 - percent if params.score == "drop" else percent
     ctx.progress(1.0, "done")
     rows = sorted(nodes)
+    unit = "points of performance %" if params.score == "drop" else "performance %"
     names = tuple(str(n) for n in rows)
-    what = f"performance % with each component ablated alone ({ctx.metric}"
+    what = ("performance drop" if params.score == "drop" else "performance %") + \
+        f" with each component ablated alone ({ctx.metric}"
     if params.per_position:
         values = torch.tensor([[perf[n, p, modes[0]] for p in positions] for n in rows])
         return Table(title=f"{what}, {modes[0]}, one position at a time)", rows=names,
                      cols=position_labels(ctx.model.tokenizer, eng.enc), values=values,
-                     unit="performance %")
+                     unit=unit)
     if len(modes) > 1:
         values = torch.tensor([[perf[n, None, m] for m in modes] for n in rows])
         return Table(title=f"{what}, each mode)", rows=names, cols=tuple(modes), values=values,
-                     unit="performance %")
+                     unit=unit)
     return NodeScores(title=f"{what}, {modes[0]})",
                       scores={str(n): perf[n, None, modes[0]] for n in rows},
-                      unit="performance %")
+                      unit=unit)
 
 
 def _components(ctx: Context, patterns: str) -> list[Node]:

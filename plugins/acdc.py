@@ -4,8 +4,11 @@
    order: logits, then per layer from the last: the MLP, then the heads' q, k, v inputs.
 2. For a receiver whose component no longer feeds anything kept, drop all its incoming edges
    untested (they cannot change the output: exact).
-3. Otherwise test its kept incoming edges in turn: remove an edge if the metric gets worse by
-   less than `tau` (KL to the clean model rising, or logit difference falling), else keep it.
+3. Otherwise test its kept incoming edges in turn: remove an edge if removing it changes the
+   metric by at most `tau` (|change|, so an edge whose removal *helps* a lot is kept too; with
+   `abs_value=false`, the paper's one-sided rule: KL rising or logit difference falling by less
+   than `tau`). Changes within float noise (1e-6 relative) count as none, so `tau=0` removes
+   exactly the edges that do not change the metric.
 Speed, without changing the result of the sequential algorithm:
 - edges into layers below the receiver are all still kept when it is visited, so the residual
   and source outputs below its layer are the cached clean run: each test restarts at the
@@ -37,11 +40,15 @@ from workbench.plugins import CircuitResult, Context, Technique
 from workbench.tasks.encode import EncodedPrompts
 
 
+NOISE = 1e-6  # relative float noise between batched forwards of different widths
+
+
 @dataclass(frozen=True)
 class Params:
     tau: float = 0.01  # metric change below which an edge is removed
     metric: Literal["kl", "logit_diff"] = "kl"
     mode: Mode | None = None  # ablation of removed edges (default: the session's)
+    abs_value: bool = True  # compare |change| with tau (else the one-sided rule)
     replicas: int = 0  # candidates per batched forward; 0 = choose from a memory budget
     memory_mb: int = 1024  # budget for one batched forward when replicas = 0
 
@@ -57,7 +64,7 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
          ) -> tuple[Tensor, dict[int, float], AcdcStats]:
     """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
     lay, graph, enc, w = engine.forward.layout, engine.graph, engine.enc, engine.weights
-    keep = torch.ones(lay.n_edges, device=engine.device)
+    keep = torch.ones(lay.n_edges, **engine.kw)
     deltas = engine.clean.deltas_from(engine.values[mode], w)
     current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]
     outgoing: dict[Node, list[int]] = defaultdict(list)
@@ -91,8 +98,10 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
             for j in range(k):
                 tested += 1
                 change = (values[j] - prev) if params.metric == "kl" else (prev - values[j])
+                if params.abs_value:
+                    change = abs(change)
                 edge = candidates[at + j]
-                if change < params.tau:
+                if change <= params.tau + NOISE * max(1.0, abs(prev)):
                     keep[edge] = 0.0
                     prev = current = values[j]
                 else:

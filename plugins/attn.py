@@ -27,7 +27,7 @@ from torch import Tensor
 
 from workbench.errors import WorkbenchError
 from workbench.graph import parse_node
-from workbench.hooks import Site, capture, hook_name
+from workbench.hooks import Site, hook_name, hooks
 from workbench.plugins import Context, NodeScores, Table, Technique
 from workbench.positions import arithmetic_roles, position_labels
 from workbench.tasks.encode import EncodedPrompts
@@ -71,18 +71,28 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
 
 
 def _reduce(ctx: Context, layers: list[int], fn: Any) -> dict[int, Tensor]:
-    """Sum `fn(pattern, rows)` over prompt chunks for each layer; pattern (chunk, head, q, k)."""
+    """Sum `fn(pattern, rows)` over prompt chunks for each layer; pattern (chunk, head, q, k).
+
+    The reduction runs inside the hook, so no pattern outlives its layer's forward."""
     enc, bridge = ctx.engine.enc, ctx.model.bridge
-    names = {layer: hook_name(Site.PATTERN, layer) for layer in layers}
     out: dict[int, Tensor] = {}
-    for i, start in enumerate(range(0, enc.n, CHUNK)):
-        ctx.check()
-        ctx.progress(start / enc.n, "recording attention patterns")
-        rows = slice(start, start + CHUNK)
-        acts = capture(bridge, enc.clean[rows].to(ctx.model.device), list(names.values()))
-        for layer, name in names.items():
-            part = fn(acts[name].float().to(enc.clean.device), rows)
-            out[layer] = part if i == 0 else out[layer] + part
+    rows = slice(0)
+
+    def reducer(layer: int) -> Any:
+        def hook(pattern: Tensor, hook: Any = None) -> None:
+            part = fn(pattern.detach().float().to(enc.clean.device), rows)
+            out[layer] = part if layer not in out else out[layer] + part
+        return hook
+
+    fwd = [(hook_name(Site.PATTERN, layer), reducer(layer)) for layer in layers]
+    with torch.no_grad(), hooks(bridge, fwd):
+        for start in range(0, enc.n, CHUNK):
+            ctx.check()
+            ctx.progress(start / enc.n, "recording attention patterns")
+            rows = slice(start, start + CHUNK)
+            bridge(enc.clean[rows].to(ctx.model.device))
+    if len(out) != len(layers):
+        raise WorkbenchError("the attention pattern hooks did not fire")
     ctx.progress(1.0, "attention patterns recorded")
     return out
 

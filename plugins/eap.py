@@ -41,7 +41,7 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
                      batch_size: int = 64, ctx: Context | None = None) -> Tensor:
     """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
     lay, enc = engine.forward.layout, engine.enc
-    total = torch.zeros(lay.n_edges, device=engine.device)
+    total = torch.zeros(lay.n_edges, **engine.kw)
     alphas = [1.0] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
     chunks = list(range(0, enc.n, batch_size))
     done, todo = 0, len(chunks) * len(alphas)
@@ -55,11 +55,11 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
             if ctx is not None:
                 ctx.check()
                 ctx.progress(done / todo, f"gradients {done + 1}/{todo}")
-            probe = torch.zeros(lay.n_edges, device=engine.device, requires_grad=True)
+            probe = torch.zeros(lay.n_edges, **engine.kw, requires_grad=True)
             node = None
             if alpha < 1.0:  # the input moves along the path from ablated to clean
                 node = torch.zeros(len(MODES), lay.n_sources, sub.clean.shape[1],
-                                   device=engine.device)
+                                   **engine.kw)
                 node[MODES.index(mode), 0] = 1.0 - alpha
             patch = Patch(node=node, probe=probe, probe_deltas=tuple(deltas))
             with torch.enable_grad():

@@ -49,7 +49,7 @@ def run(ctx: Context, params: Params) -> Composite:
     engine, mode = ctx.engine, params.mode or ctx.mode
     lay, enc = engine.forward.layout, engine.enc
     torch.manual_seed(params.seed)
-    theta = torch.full((lay.n_edges,), params.init, device=engine.device, requires_grad=True)
+    theta = torch.full((lay.n_edges,), params.init, **engine.kw, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=params.lr)
     weight = params.sparsity / 1000.0
     order = torch.randperm(enc.n).tolist()
@@ -79,10 +79,10 @@ def run(ctx: Context, params: Params) -> Composite:
             loss.backward()
         opt.step()
         if params.target_edges is not None:  # dual ascent on the sparsity weight
-            gap = (float(expected) - params.target_edges) / max(params.target_edges, 1)
+            gap = (float(expected.detach()) - params.target_edges) / max(params.target_edges, 1)
             weight = max(0.0, weight * (1.0 + 0.1 * gap) + 1e-6 * gap)
-        losses.append(float(faith))
-        counts.append(float(expected))
+        losses.append(float(faith.detach()))
+        counts.append(float(expected.detach()))
     keep = torch.sigmoid(theta.detach() / params.temperature)
     if params.target_edges is not None:
         chosen = keep.argsort(descending=True)[: params.target_edges].tolist()

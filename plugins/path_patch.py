@@ -20,7 +20,8 @@
    senders that feed no receiver are left out. `each_sender=false`: one run per receiver (from
    all senders) -> `NodeScores` per receiver, with the run into all receivers together in
    `extra["all_receivers"]` when there are several.
-5. Normalise as `run patch` does: `(M_patched - M_base) / (M_other - M_base)`.
+5. Normalise as `run patch` does: `(M_patched - M_base) / (M_other - M_base)`. The run uses
+   the full model: the session's current ablations are not applied.
 
 `direction` is `run patch`'s; `clean_to_corrupt` is TransformerLens's
 `get_act_patch_direct_path` (tested against it). Cost in forward-pass equivalents (FE): the
@@ -39,7 +40,7 @@ from torch import Tensor
 from plugins.patch import Baseline, Direction, baseline, score
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
-from workbench.forward import Patch, State
+from workbench.forward import Patch
 from workbench.graph import PORTS, Edge, Graph, Node, expand
 from workbench.plugins import Context, NodeScores, Technique
 

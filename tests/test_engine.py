@@ -61,11 +61,6 @@ def add3_enc(add3: LoadedModel) -> EncodedPrompts:
 
 
 @pytest.fixture
-def tiny_engine(tiny_model: LoadedModel, tiny_enc: EncodedPrompts) -> AblationEngine:
-    return AblationEngine(tiny_model, tiny_enc)
-
-
-@pytest.fixture
 def add3_engine(add3: LoadedModel, add3_enc: EncodedPrompts) -> AblationEngine:
     return AblationEngine(add3, add3_enc)  # function scope: `logits` keeps restart state
 

@@ -130,6 +130,8 @@ def test_resume_repeats_the_uninterrupted_run(files: dict[str, Path], straight: 
         finetune(config(files, out), encoding=ENC)
     with pytest.raises(WorkbenchError, match="cannot resume exactly: --seed"):
         finetune(config(files, out, resume=True, seed=1), encoding=ENC)
+    with pytest.raises(WorkbenchError, match="was 4 x 2 in the saved run but is 2 x 2"):
+        finetune(config(files, out, resume=True, micro_batch=2), encoding=ENC)
     second = finetune(config(files, out, resume=True), encoding=ENC)
     assert second.step == 12 and not second.interrupted
     # Same data order (the same losses, step by step) and the same weights, bit for bit.

@@ -17,7 +17,7 @@ Everything runs on CPU on 8-32 prompts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -49,6 +49,16 @@ def context(model: LoadedModel, prompts: PromptSet, enc: EncodedPrompts | None =
 
 def addition(n: int, seed: int = 1, corrupt: str | None = None, digits: int = 3) -> PromptSet:
     return make_task("addition", digits=digits).prompt_set(n, seed=seed, corrupt=corrupt)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """These tensors are tiny: a second intra-op thread only adds synchronisation, which on a
+    shared, loaded CPU made each op ~25x slower (measured). Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,16 @@ from workbench.tasks.encode import encode
 from workbench.weights import ln
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: thread hand-off costs more than it saves on the shared 2-core machine
+    (measured 5-30x per engine call under load). Restored after this module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_ctx(model: LoadedModel, task: str = "addition", n: int = 8, **options: object
              ) -> Context:
     prompts = make_task(task, **options).prompt_set(n=n, seed=3)
@@ -260,13 +270,15 @@ def test_ablate_each_equals_ablate_then_perf(tiny_model: LoadedModel) -> None:
 
 def test_ablate_each_modes_and_positions(tiny: Context) -> None:
     eng = tiny.engine
-    table = ablate_each.run(tiny, ablate_each.Params(mode="all"))
+    table = ablate_each.run(tiny, ablate_each.Params(mode="all", nodes="m*,a1.*"))
     assert table.cols == ("zero", "mean", "resample")
-    assert table.rows == tuple(str(n) for n in sorted(
-        n for n in tiny.graph.sources if n.kind != "input"))
+    assert table.rows == ("m0", "a1.0", "a1.1", "m1")  # topological order
     for j, mode in enumerate(table.cols):
-        single = ablate_each.run(tiny, ablate_each.Params(mode=mode))
-        assert [single.scores[r] for r in table.rows] == table.values[:, j].tolist()
+        single = ablate_each.run(tiny, ablate_each.Params(mode=mode, nodes="a1.*,m*"))
+        assert [single.scores[r] for r in table.rows] == pytest.approx(
+            table.values[:, j].tolist(), abs=1e-4)
+    drop = ablate_each.run(tiny, ablate_each.Params(score="drop", nodes="a1.*,m*"))
+    assert drop.scores == pytest.approx({k: 100 - v for k, v in single.scores.items()})
     per_pos = ablate_each.run(tiny, ablate_each.Params(per_position=True, nodes="a1.0,m0"))
     assert per_pos.rows == ("m0", "a1.0") and per_pos.values.shape == (2, eng.n_pos)
     node = parse_node("a1.0")

@@ -89,9 +89,14 @@ def test_json_prints_one_object_per_command(
 
 
 def test_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["replay", str(script(tmp_path, "load add3", TASK, "perf", "run dla"))])
+    target = tmp_path / "c1.json"
+    path = script(tmp_path, "load add3", TASK, "perf", "run dla", "select r1 top=2",
+                  f"export c1 {target}")
+    code = main(["replay", str(path)])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
+    assert out[4] == "[5] select r1 top=2: -> c1"
+    assert out[5] == f"[6] export c1 {target}: wrote {target}"
     assert out[2].startswith("[3] perf: performance 100.0%, logit_diff ")
     assert out[2].endswith(", accuracy 1.0")
     assert out[3] == "[4] run dla: -> r1 (direct logit attribution)"
@@ -175,6 +180,30 @@ def test_replay_api_reports_mismatches_and_failures(add3: LoadedModel, tmp_path:
     report = replay(path, model=add3, keep_going=True)
     assert len(report.failures) == 1 and len(report.outcomes) == 13
     assert report.mismatches  # later numbers differ without m0 ablated
+
+
+def test_the_recorded_seed_is_used(add3: LoadedModel, tmp_path: Path) -> None:
+    path = tmp_path / "seed.jsonl"
+    s = Session(path, model=add3, seed=3)
+    example = s.execute("task addition digits=3 n=16").out["example"]  # seed= from the session
+    s.execute("perf")
+    report = replay(path, model=add3)
+    assert report.ok and not report.mismatches
+    assert report.outcomes[0].out["example"] == example
+
+
+def test_tensor_results_replay_under_another_log_name(
+    add3: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "eap.jsonl"
+    s = Session(path, model=add3)
+    for line in (TASK, "run eap", "select r1 top=20", "check c1"):
+        assert s.execute(line).ok
+    assert s.outcomes[1].out["tensors"] == "eap.tensors/r1.safetensors"
+    code, rows, err = cli(capsys, str(path), "--json", "--log", str(tmp_path / "again.jsonl"))
+    assert code == 0 and err == ""  # the tensors' location is not part of the digest
+    assert rows[1]["out"]["tensors"] == "again.tensors/r1.safetensors"
+    assert (tmp_path / "again.tensors" / "r1.safetensors").is_file()
 
 
 def test_a_model_object_session_needs_a_model(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -300,6 +300,16 @@ def test_select_by_threshold(session: Session) -> None:
     assert set(out["nodes"]) == {"input", "logits", *big}
 
 
+def test_edge_scores_give_edge_level_circuits(session: Session) -> None:
+    assert ok(session, "run eap")["kind"] == "edge_scores"
+    out = ok(session, "select r1 top=20")
+    assert out["level"] == "edge" and out["edges"] == 20
+    edge = ok(session, "check c1")
+    assert edge["level"] == "edge"  # the circuit's own level is the default
+    node = ok(session, "check c1 level=node")
+    assert node["level"] == "node" and node["percent"] != edge["percent"]
+
+
 def test_export_dot_and_json(session: Session, tmp_path: Path) -> None:
     ok(session, "select a0.1 a1.0 m0")
     out = ok(session, f"export c1 {tmp_path / 'c1.dot'}")

@@ -65,6 +65,7 @@ class AblationEngine:
         self.graph = graph or Graph.from_sizes(self.weights.n_layers, self.weights.n_heads)
         self.forward = Forward(self.weights)
         self.device = self.weights.W_E.device
+        self.kw = {"device": self.device, "dtype": self.weights.W_E.dtype}  # for new masks
         self.enc = enc.to(self.device)
         self.n_pos = self.enc.clean.shape[1]
         with torch.no_grad():
@@ -87,15 +88,15 @@ class AblationEngine:
     def patch(self, ablations: Iterable[Ablation]) -> Patch:
         """Named ablations -> dense masks (modes, ...)."""
         lay, n_modes = self.forward.layout, len(MODES)
-        node = torch.zeros(n_modes, lay.n_sources, self.n_pos, device=self.device)
-        receiver = torch.zeros(n_modes, lay.n_receivers, self.n_pos, device=self.device)
+        node = torch.zeros(n_modes, lay.n_sources, self.n_pos, **self.kw)
+        receiver = torch.zeros(n_modes, lay.n_receivers, self.n_pos, **self.kw)
         neuron, edge, edge_modes = None, None, set()
         for ab in ablations:
             if isinstance(ab.target, Edge):
                 if ab.target not in self.graph.edge_index:
                     raise WorkbenchError(f"edge {ab.target} is not in this model's graph")
                 if edge is None:
-                    edge = torch.ones(lay.n_edges, device=self.device)
+                    edge = torch.ones(lay.n_edges, **self.kw)
                 edge[self.graph.edge_index[ab.target]] = 0.0
                 edge_modes.add(ab.mode)
                 continue
@@ -105,7 +106,7 @@ class AblationEngine:
             if n.kind == "neuron":
                 if neuron is None:
                     neuron = torch.zeros(n_modes, lay.n_layers, self.weights.d_mlp, self.n_pos,
-                                         device=self.device)
+                                         **self.kw)
                 if not 0 <= n.index < self.weights.d_mlp:
                     raise WorkbenchError(f"{n}: MLP {n.layer} has neurons 0-"
                                          f"{self.weights.d_mlp - 1}")
@@ -197,7 +198,7 @@ class AblationEngine:
 
     def _logits_receiver(self, mode: Mode) -> Tensor:
         lay = self.forward.layout
-        r = torch.zeros(len(MODES), lay.n_receivers, self.n_pos, device=self.device)
+        r = torch.zeros(len(MODES), lay.n_receivers, self.n_pos, **self.kw)
         r[MODES.index(mode), -1] = 1.0
         return r
 
@@ -216,7 +217,7 @@ class AblationEngine:
                        ) -> Tensor:
         """Run `circuit` with everything outside it ablated, at node or edge level."""
         if level == "edge":
-            keep = torch.zeros(self.forward.layout.n_edges, device=self.device)
+            keep = torch.zeros(self.forward.layout.n_edges, **self.kw)
             for edge in circuit.edges:
                 if edge not in self.graph.edge_index:
                     raise WorkbenchError(f"edge {edge} is not in this model's graph")

@@ -192,6 +192,8 @@ def _brief(out: dict[str, Any]) -> str:
         pct = "n/a" if out["percent"] is None else f"{out['percent']:.1f}%"
         return (f"performance {pct}, {out['metric_name']} {out['metric']}, accuracy "
                 f"{out['accuracy']}")
+    if "path" in out:  # export, save
+        return f"wrote {out['path']}"
     if "id" in out:
         return f"-> {out['id']}" + (f" ({out['title']})" if "title" in out else "")
     if "text" in out:

@@ -38,8 +38,9 @@ SUPPORTED_MODEL_TYPES = ("gpt2",)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "float64": torch.float64,  # for precision checks
 }
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["float32", "bfloat16", "float16", "float64"]
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,12 @@ def replay(path: str | Path, keep_going: bool = False, model: LoadedModel | None
     if not path.is_file():
         raise WorkbenchError(f"session file {path} does not exist: check the path")
     recorded: list[tuple[str, bool, str | None]]
-    source = None
+    source, seed = None, 0
     if is_jsonl_session(path):
         header, entries = SessionLog.read(path)
         recorded = [(e.cmd, e.ok, e.digest) for e in entries]
         source = header.model_source
+        seed = header.seed if header.seed is not None else 0  # `task` without seed= uses it
     else:
         recorded = [(line, True, None) for line in read_script(path)]
     loads_first = bool(recorded) and recorded[0][0].split()[0] == "load"
@@ -68,7 +69,7 @@ def replay(path: str | Path, keep_going: bool = False, model: LoadedModel | None
     if start_model is None and not loads_first:
         raise WorkbenchError(f"{path} does not load a model and none was given; add a load "
                              "command first (e.g. load add3)")
-    session = Session(path=log_to, model=start_model)
+    session = Session(path=log_to, model=start_model, seed=seed)
     report = ReplayReport(session=session)
     for cmd, was_ok, was_digest in recorded:
         outcome = session.execute(cmd)

@@ -68,7 +68,11 @@ class TiktokenCodec:
         return _TiktokenTaskTokenizer(self.encoding)
 
     def save(self, directory: Path) -> None:
-        hf_tokenizer(self.encoding).save_pretrained(str(directory))
+        self._hf.save_pretrained(str(directory))
+
+    @functools.cached_property
+    def _hf(self) -> Any:
+        return hf_tokenizer(self.encoding)  # built once: recovering 50k merges takes a moment
 
 
 class HFCodec:

@@ -5,7 +5,7 @@ here, so the CLI, the saved `finetune_config.json`, the model card's reproduce c
 resume check all read the same definitions.
 
 Invariant: the fields in `RESUME_FIXED` decide the data order and the shape of every step; a
-resumed run must repeat them exactly (others, such as `max_steps` or `eval_every`, may change).
+resumed run must repeat them (others, such as `max_steps` or `eval_every`, may change).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from workbench.errors import WorkbenchError
 TokenizerChoice = Literal["auto", "tiktoken", "checkpoint"]
 DtypeChoice = Literal["auto", "float32", "bfloat16"]
 
-# Changing any of these between a run and its resumption would change the data or the steps.
+# Changing any of these between a run and its resumption would change the data or the steps
+# (micro_batch and grad_accum only through their product; see `resume_mismatch`).
 RESUME_FIXED = ("model", "data", "rows", "text_field", "eval_rows", "shuffle_buffer",
                 "tokenizer", "block_size", "micro_batch", "grad_accum", "seed", "dropout")
 
@@ -103,8 +104,17 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def resume_mismatch(self, saved: dict[str, Any]) -> str | None:
-        """The first `RESUME_FIXED` field whose saved value differs from ours, described."""
+        """The first `RESUME_FIXED` field whose saved value differs from ours, described.
+        `micro_batch` and `grad_accum` may change together (after running out of memory) as
+        long as their product, the windows per step, stays the same: the order is unchanged."""
+        windows = saved.get("micro_batch", 0) * saved.get("grad_accum", 0)
+        if windows != self.micro_batch * self.grad_accum:
+            return (f"--micro-batch x --grad-accum was {saved.get('micro_batch')} x "
+                    f"{saved.get('grad_accum')} in the saved run but is {self.micro_batch} x "
+                    f"{self.grad_accum} now; keep the product")
         for name in RESUME_FIXED:
+            if name in ("micro_batch", "grad_accum"):
+                continue
             if saved.get(name) != getattr(self, name):
                 return (f"--{_flag(name)} was {saved.get(name)!r} in the saved run but is "
                         f"{getattr(self, name)!r} now")
@@ -129,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif hint is bool:
             if f.default:
                 parser.add_argument(f"--no-{_flag(f.name)}", dest=f.name, action="store_false",
-                                    help=f"do not {help_text[0].lower()}{help_text[1:]}")
+                                    help=f"turn off: {help_text}")
             else:
                 parser.add_argument(f"--{_flag(f.name)}", action="store_true", help=help_text)
         elif typing.get_origin(hint) is Literal:
@@ -137,8 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 default=f.default, help=help_text)
         else:
             kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
+            shown = "" if f.default is None else f" (default: {f.default})"
             parser.add_argument(f"--{_flag(f.name)}", type=kind, default=f.default,
-                                help=f"{help_text} (default: {f.default})")
+                                help=help_text + shown)
 
 
 def from_args(args: argparse.Namespace) -> FinetuneConfig:

@@ -22,14 +22,13 @@ when interrupted, leaves everything as it was before it; checkpoints are taken b
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,9 @@ import torch.nn.functional as F
 from workbench.errors import WorkbenchError
 from workbench.finetune import checkpoint as ckpt
 from workbench.finetune.codec import Codec, check_vocab, choose_codec
-from workbench.finetune.config import FinetuneConfig, command_line
+from workbench.finetune.config import FinetuneConfig
 from workbench.finetune.data import Batches, TokenSplits, eval_batches, n_windows, prepare
+from workbench.finetune.export import export
 from workbench.finetune.rows import parse_source
 from workbench.finetune.tracking import Tracker
 from workbench.metrics import answer_logits, correct_per_prompt
@@ -89,7 +89,8 @@ def finetune(cfg: FinetuneConfig, encoding: Any = None,
         raise WorkbenchError(
             f"out of GPU memory at --micro-batch {cfg.micro_batch} --block-size "
             f"{cfg.block_size}: try --micro-batch {max(1, cfg.micro_batch // 2)} --grad-accum "
-            f"{cfg.grad_accum * 2} (same tokens per step)") from None
+            f"{cfg.grad_accum * 2} (same tokens per step; --resume continues from the last "
+            "checkpoint)") from None
     finally:
         tracker.close()
 
@@ -240,7 +241,13 @@ def _train(cfg: FinetuneConfig, out: Path, weights: Path, codec: Codec, data: To
                   "train_tokens": len(data.train), "val_tokens": len(data.val),
                   "device": str(device), "autocast": str(amp).removeprefix("torch.")})
 
+    saved = -1
+
     def save() -> None:
+        nonlocal saved
+        if saved == step:
+            return
+        saved = step
         ckpt.save(out / ckpt.CHECKPOINT_DIR, model, optimizer, ckpt.RunState(
             step, *batches.position, tokens, tracker.wandb_id, cfg.to_json()), codec.save)
         tracker.emit({"kind": "checkpoint", "step": step,
@@ -369,49 +376,3 @@ def _evaluate(model: Any, data: TokenSplits, prompts: EncodedPrompts | None,
     tracker.emit({"kind": "eval", "step": step, "val_loss": val_loss, "task_accuracy": accuracy,
                   "task_per_digit": per_digit})
     return val_loss, accuracy
-
-
-def export(out: Path, model: Any, codec: Codec, cfg: FinetuneConfig, step: int, tokens: int,
-           val_loss: float | None, accuracy: float | None, data: TokenSplits) -> None:
-    """The finished model as an ordinary checkpoint in `out`: weights, tokenizer, card."""
-    model.save_pretrained(str(out))
-    codec.save(out)
-    (out / "finetune_config.json").write_text(json.dumps(
-        {**replace(cfg, resume=False).to_json(), "steps_done": step, "tokens_done": tokens},
-        indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(_card(out, model, codec, cfg, step, tokens, val_loss,
-                                             accuracy, data))
-
-
-def _card(out: Path, model: Any, codec: Codec, cfg: FinetuneConfig, step: int, tokens: int,
-          val_loss: float | None, accuracy: float | None, data: TokenSplits) -> str:
-    n_params = model.num_parameters()
-    meta = data.meta
-    val = "n/a" if val_loss is None else f"{val_loss:.4f}"
-    task = ("skipped (the tokenizer cannot make each digit one token)" if accuracy is None
-            else f"{accuracy:.4f}")
-    return f"""# {out.name}
-
-{cfg.model} fine-tuned by Circuit Workbench's `workbench finetune`.
-
-- **Base model**: {cfg.model} ({n_params:,} parameters); tokenizer {codec.name}.
-- **Data**: {meta.get('source', cfg.data)}, {meta['train_rows']:,} training rows
-  ({meta['train_tokens']:,} tokens) and {meta['val_rows']:,} held-out rows
-  ({meta['val_tokens']:,} tokens), sampled with seed {cfg.seed}; documents start with the
-  end-of-text token.
-- **Recipe**: AdamW (lr {cfg.lr} -> {cfg.min_lr} cosine after {cfg.warmup} warmup steps, betas
-  {cfg.beta1}/{cfg.beta2}, weight decay {cfg.weight_decay} on 2-D parameters), block
-  {cfg.block_size}, {cfg.micro_batch} x {cfg.grad_accum} windows per step
-  ({cfg.tokens_per_step:,} tokens), gradient clipping {cfg.grad_clip}, dropout {cfg.dropout}.
-- **Trained**: {step} steps, {tokens:,} tokens.
-- **Held-out loss**: {val}.
-- **2-digit multiplication exact match** (spaced, teacher forced): {task}.
-
-Reproduce:
-
-```
-{command_line(cfg)}
-```
-
-The per-step log is `finetune_log.jsonl`; `checkpoint/` resumes training (`--resume`).
-"""

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.markup import escape
 
 from workbench.commands import VERBS
 
@@ -38,7 +39,8 @@ class VerbCommands(Provider):
             app.prefill(verb + " ")
 
     def _entries(self) -> list[tuple[str, str, str]]:
-        return [(verb, f"{verb}: {spec.summary}", spec.usage) for verb, spec in VERBS.items()]
+        return [(verb, escape(f"{verb}: {spec.summary}"), escape(spec.usage))
+                for verb, spec in VERBS.items()]
 
     async def discover(self) -> Hits:
         for verb, title, usage in self._entries():
