@@ -39,7 +39,6 @@ from workbench.metrics import metric_per_prompt
 from workbench.plugins import CircuitResult, Context, Technique
 from workbench.tasks.encode import EncodedPrompts
 
-
 NOISE = 1e-6  # relative float noise between batched forwards of different widths
 
 
@@ -63,7 +62,7 @@ class AcdcStats:
 def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None = None
          ) -> tuple[Tensor, dict[int, float], AcdcStats]:
     """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
-    lay, graph, enc, w = engine.forward.layout, engine.graph, engine.enc, engine.weights
+    lay, graph, w = engine.forward.layout, engine.graph, engine.weights
     keep = torch.ones(lay.n_edges, **engine.kw)
     deltas = engine.clean.deltas_from(engine.values[mode], w)
     current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]

@@ -27,8 +27,7 @@ from workbench.ablation import Ablation
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
 from workbench.graph import Circuit, Node
-from workbench.plugins import CircuitResult, Composite, Context, Curve, NodeScores, Table, \
-    Technique
+from workbench.plugins import CircuitResult, Composite, Context, Curve, NodeScores, Table, Technique
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def test_ablate_each_modes_and_positions(tiny: Context) -> None:
         single = ablate_each.run(tiny, ablate_each.Params(mode=mode, nodes="a1.*,m*"))
         assert [single.scores[r] for r in table.rows] == pytest.approx(
             table.values[:, j].tolist(), abs=1e-4)
-    drop = ablate_each.run(tiny, ablate_each.Params(score="drop", nodes="a1.*,m*"))
+    drop = ablate_each.run(tiny, ablate_each.Params(mode=mode, score="drop", nodes="a1.*,m*"))
     assert drop.scores == pytest.approx({k: 100 - v for k, v in single.scores.items()})
     per_pos = ablate_each.run(tiny, ablate_each.Params(per_position=True, nodes="a1.0,m0"))
     assert per_pos.rows == ("m0", "a1.0") and per_pos.values.shape == (2, eng.n_pos)

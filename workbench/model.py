@@ -99,6 +99,8 @@ class LoadedModel:
         if path is not None and path.is_file():
             cfg = json.loads(path.read_text())
             return cfg["task"], dict(cfg.get("task_options", {}))
+        if self.directory is not None and (self.directory / "finetune_config.json").is_file():
+            return "multiplication", {"digits": 2, "style": "spaced"}  # the FineMath study
         return "addition", {"digits": 3}
 
     @classmethod

@@ -36,8 +36,7 @@ from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
 from workbench.metrics import METRICS, Report
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
-from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, \
-    select_circuit
+from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select_circuit
 from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode

@@ -48,7 +48,10 @@ class VerbCommands(Provider):
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
+        word = query.strip().lower()
         for verb, title, usage in self._entries():
             score = matcher.match(title)
             if score > 0:
+                if word and verb.startswith(word):  # typing a verb finds that verb first
+                    score += 1.0
                 yield Hit(score, matcher.highlight(title), partial(self._act, verb), help=usage)

@@ -47,7 +47,7 @@ def brief(out: dict[str, Any]) -> str:
 class LogPane(RichLog):
     DEFAULT_CSS = """
     LogPane { height: 20%; min-height: 4; border-top: solid $primary; padding: 0 1;
-              background: $surface; }
+              background: $surface; overflow-y: auto; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:

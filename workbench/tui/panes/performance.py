@@ -52,7 +52,7 @@ class PerformancePane(Vertical):
     PerformancePane { height: auto; padding: 0 1; }
     PerformancePane > #perf-title { color: $text-muted; }
     PerformancePane > Digits { width: auto; color: $accent; }
-    PerformancePane > #perf-history { height: 2; margin-top: 1; }
+    PerformancePane > #perf-history { height: 2; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -80,7 +80,7 @@ class PerformancePane(Vertical):
             return Text("no performance yet", style="dim")
         out = Text()
         out.append(f"{v.metric_name} {_num(v.metric)}", style="bold")
-        out.append(f"  (full {_num(v.metric_full)}, empty {_num(v.metric_empty)})\n",
+        out.append(f" (full {_num(v.metric_full)}, empty {_num(v.metric_empty)})\n",
                    style="dim")
         out.append(f"accuracy {_pct(v.accuracy)}", style="bold")
         out.append(f"  {v.n_ablated} ablated\n", style="dim")

@@ -4,7 +4,7 @@ Where it sits: the first tab on the right. The card lists the resident model (na
 shape, device), the prompt set, metric and ablation mode. The table lists examples: clean and
 corrupted prompt, the answer, what the full model and the model with the current ablations
 predict (argmax per answer digit, teacher forced), each digit green when right and red when
-wrong, and whether the whole answer is right.
+wrong, and whether the whole answer is right (✓ / ✗).
 
 Invariant: the rows come ready-made from the session worker (`PromptTable`); nothing here runs
 the model.
@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Static
 
 from workbench.tui.views import CardView, PromptRow, PromptTable
 
-COLUMNS = ("#", "clean", "corrupted", "answer", "full", "ablated", "ok")
+COLUMNS = ("#", "ok", "clean", "corrupted", "answer", "full", "ablated")
 
 
 def digits(predicted: tuple[str, ...], answer: tuple[str, ...]) -> Text:
@@ -32,9 +32,9 @@ def digits(predicted: tuple[str, ...], answer: tuple[str, ...]) -> Text:
 
 
 def row_cells(row: PromptRow) -> tuple[object, ...]:
-    ok = Text("yes", style="green") if row.right else Text("no", style="bold red")
-    return (str(row.index), row.clean, row.corrupted, "".join(row.answer),
-            digits(row.full, row.answer), digits(row.ablated, row.answer), ok)
+    ok = Text("✓", style="green") if row.right else Text("✗", style="bold red")
+    return (str(row.index), ok, row.clean, row.corrupted, "".join(row.answer),
+            digits(row.full, row.answer), digits(row.ablated, row.answer))
 
 
 class PromptsPane(Vertical):
