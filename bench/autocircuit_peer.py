@@ -190,6 +190,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 patchable(batch.clean)[patchable.out_slice], batch))
         out["rss_setup_mb"] = out["peak_rss_mb"] = rss_mb()
         return out
+    if job["warmup"]:  # a reduced run first, as discovery.py does for ours
+        t0 = time.perf_counter()
+        run_method({**job, "save": None, "ig_steps": 1, "acdc_edges": 10}, patchable, loader,
+                   inputs)
+        out["warmup_s"] = time.perf_counter() - t0
     out["rss_setup_mb"] = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     extra = run_method(job, patchable, loader, inputs)
@@ -223,9 +228,10 @@ def run_method(job: dict[str, Any], model: Any, loader: Any, inputs: dict[str, A
         ordered = scores_in_our_order(model, scores, inputs["edges"])
         if steps:  # auto-circuit sums the steps + 1 gradients; ours averages
             ordered = ordered / (steps + 1)
-        from safetensors.torch import save_file
+        if job["save"]:
+            from safetensors.torch import save_file
 
-        save_file({method: ordered.contiguous()}, job["save"])
+            save_file({method: ordered.contiguous()}, job["save"])
         return {"passes": (steps or 0) + 1, "integrated_grad_samples": steps}
     if method == "acdc":
         import auto_circuit.prune_algos.ACDC as acdc_module
@@ -303,7 +309,7 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="the checkpoint directory discovery.py used")
+    p.add_argument("--ckpt", help="the checkpoint directory discovery.py used (required)")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--inputs", help="token ids from discovery.py (default: "
                    "$TMPDIR/wb-discovery/<model>/inputs_<N>.json)")
@@ -312,6 +318,7 @@ def main() -> None:
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--acdc-edges", type=int, default=0, help="ACDC: test the first N edges")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cold", action="store_true", help="no reduced warm-up run first")
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker")
     p.add_argument("--scores", help="safetensors output (default bench/results/"
                    "autocircuit_scores_<model>_<N>.safetensors)")
@@ -320,6 +327,8 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
+    if not args.ckpt:
+        p.error("--ckpt is required")
     work = Path(tempfile.gettempdir()) / "wb-discovery"
     inputs_path = Path(args.inputs) if args.inputs else next(
         (f for f in sorted(work.glob(f"*/inputs_{args.prompts}.json"))
@@ -333,8 +342,8 @@ def main() -> None:
     scores_path = Path(args.scores) if args.scores else (
         RESULTS / f"autocircuit_scores_{label}_{inputs['n']}.safetensors")
     started, load_start = time.strftime("%Y-%m-%d %H:%M:%S"), os.getloadavg()
-    base = {"inputs": str(inputs_path), "repeats": args.repeats, "ig_steps": args.ig_steps,
-            "acdc_edges": args.acdc_edges}
+    base = {"inputs": str(inputs_path), "repeats": args.repeats, "warmup": not args.cold,
+            "ig_steps": args.ig_steps, "acdc_edges": args.acdc_edges}
     print("auto-circuit: baseline ...", file=sys.stderr, flush=True)
     baseline = run_worker({**base, "method": "baseline"}, args.timeout)
     print(f"  {json.dumps(baseline)[:300]}", file=sys.stderr, flush=True)

@@ -37,13 +37,13 @@ class Params:
     mode: Literal["zero", "mean", "resample", "all"] | None = None  # None: the session's mode
     per_position: bool = False  # ablate at one position at a time: components x positions
     nodes: str = "a*.*,m*"  # which components, as comma-separated command patterns
-    score: Literal["percent", "drop"] = "percent"  # drop = 100 - percent: `select top=K` keeps
-    # the components whose removal hurts most
+    score: Literal["percent", "drop"] = "percent"  # drop = 100 - percent (for select top=K)
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
     eng = ctx.engine
-    modes: tuple[Mode, ...] = MODES if params.mode == "all" else (params.mode or ctx.mode,)
+    chosen = params.mode or ctx.mode
+    modes: tuple[Mode, ...] = tuple(m for m in MODES if chosen in ("all", m))
     if params.per_position and len(modes) > 1:
         raise WorkbenchError("per_position=true takes one mode: give mode=zero|mean|resample")
     nodes = _components(ctx, params.nodes)

@@ -80,7 +80,7 @@ def _reduce(ctx: Context, layers: list[int], fn: Any) -> dict[int, Tensor]:
 
     def reducer(layer: int) -> Any:
         def hook(pattern: Tensor, hook: Any = None) -> None:
-            part = fn(pattern.detach().float().to(enc.clean.device), rows)
+            part = fn(pattern.detach().to(enc.clean.device, torch.float32), rows)
             out[layer] = part if layer not in out else out[layer] + part
         return hook
 

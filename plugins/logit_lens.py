@@ -28,7 +28,7 @@ from workbench.plugins import Context, Table, Technique
 from workbench.positions import position_labels
 from workbench.weights import ln
 
-CHUNK = 64  # prompts unembedded at once: bounds memory at CHUNK x pos x vocab floats
+MAX_LOGITS = 1 << 25  # logits held at once (128 MB of float32): sets the prompts per chunk
 
 
 @dataclass(frozen=True)
@@ -53,42 +53,42 @@ def run(ctx: Context, params: Params) -> Table:
         valid = at < enc.lengths[:, None]
         cols = position_labels(ctx.model.tokenizer, enc)
     else:
-        units = range(n_ans) if params.digit is None else [params.digit]
-        index = list(units)
+        index = list(range(n_ans)) if params.digit is None else [params.digit]
         answer, contrast = enc.answer[:, index], enc.contrast[:, index]
         at = enc.answer_pos[:, index]  # (batch, cols)
         valid = torch.ones_like(at, dtype=torch.bool)
         cols = tuple(f"a{i}" for i in index)
     if params.stat == "logit_diff":
         valid = valid & (answer != contrast)
-    weight = valid.float()
-    total = torch.zeros(resid.shape[0], at.shape[1], device=resid.device)
-    for start in range(0, enc.n, CHUNK):
-        ctx.check()
-        rows = slice(start, start + CHUNK)
-        x = resid[:, rows].gather(2, at[rows][None, :, :, None].expand(
-            resid.shape[0], -1, -1, resid.shape[-1]))  # (layers + 1, chunk, cols, d_model)
-        total += (_stat(ln(x, w.eps), w.W_U, w.b_U, answer[rows], contrast[rows], params.stat)
-                  * weight[rows]).sum(1)
+    weight = valid.to(resid.dtype)
+    total = torch.zeros(resid.shape[0], at.shape[1], dtype=resid.dtype, device=resid.device)
+    chunk = max(1, MAX_LOGITS // (at.shape[1] * w.W_U.shape[1]))
+    for layer in range(resid.shape[0]):
+        for start in range(0, enc.n, chunk):
+            ctx.check()
+            rows = slice(start, start + chunk)
+            x = resid[layer, rows].gather(1, at[rows, :, None].expand(
+                -1, -1, resid.shape[-1]))  # (chunk, cols, d_model)
+            stat = _stat(ln(x, w.eps), w.W_U, w.b_U, answer[rows], contrast[rows], params.stat)
+            total[layer] += (stat * weight[rows]).sum(0)
     values = total / weight.sum(0).clamp(min=1)  # (layers + 1, cols)
-    rows_ = tuple(f"resid_pre{i}" for i in range(w.n_layers)) + ("final",)
+    layers = tuple(f"resid_pre{i}" for i in range(w.n_layers)) + ("final",)
     title = f"logit lens: {params.stat} of answer unit " + (
         str(params.digit or 0) if params.positions == "all" else
         ("at each answer position" if params.digit is None else str(params.digit)))
     unit = {"prob": "probability", "rank": "rank", "logit_diff": "logit diff"}[params.stat]
-    return Table(title=title, rows=rows_, cols=cols, values=values.cpu(), unit=unit)
+    return Table(title=title, rows=layers, cols=cols, values=values.cpu(), unit=unit)
 
 
 def _stat(h: Tensor, W_U: Tensor, b_U: Tensor, answer: Tensor, contrast: Tensor,
           stat: str) -> Tensor:
-    """h: normalised residual (layers, chunk, cols, d); answer/contrast: (chunk, cols) ids."""
-    idx = answer[None, :, :, None].expand(h.shape[0], -1, -1, 1)
+    """h: normalised residual (chunk, cols, d); answer/contrast: (chunk, cols) ids."""
     if stat == "logit_diff":  # two columns of W_U suffice
         a = (h * W_U.T[answer]).sum(-1) + b_U[answer]
         c = (h * W_U.T[contrast]).sum(-1) + b_U[contrast]
         return a - c
-    logits = h @ W_U + b_U  # (layers, chunk, cols, vocab)
-    own = logits.gather(-1, idx)
+    logits = h @ W_U + b_U  # (chunk, cols, vocab)
+    own = logits.gather(-1, answer[..., None])
     if stat == "prob":
         return (own - logits.logsumexp(-1, keepdim=True)).exp().squeeze(-1)
     return (logits > own).sum(-1).float()  # rank: tokens strictly above the answer

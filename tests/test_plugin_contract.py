@@ -11,6 +11,7 @@ bridge's `use_split_qkv_input` / `use_attn_result` flags as before.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,16 +34,10 @@ from workbench.tasks import make_task
 from workbench.tasks.encode import encode
 
 REGISTRY = load_registry()
-# Techniques whose *default* Params train or search for minutes on the shared 2-core CPU (mask:
-# 200 optimiser steps; prune: greedy plus 5 random removal orders). Still run by default;
-# marked so `-m "not slow"` keeps the quick loop quick.
-SLOW_DEFAULTS = {"mask", "prune"}
-CASES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_DEFAULTS else name
-         for name in sorted(REGISTRY)]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Tiny tensors: thread hand-off costs more than it saves on the shared 2-core machine
     (measured 5-30x per engine call under load). Restored after this module."""
     before = torch.get_num_threads()
@@ -128,7 +123,7 @@ def names_parse(result: Any) -> None:
         assert result.values.shape == (len(result.rows), len(result.cols))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_plugin_contract(name: str, ctx: Context) -> None:
     tech = REGISTRY[name]
     assert tech.name == name and tech.cost, f"{name} must state its cost"
@@ -140,6 +135,25 @@ def test_plugin_contract(name: str, ctx: Context) -> None:
     assert first.summary() == second.summary(), f"{name} is not deterministic"
     assert_same(first, second, name)
     names_parse(first)
+
+
+def test_the_state_check_sees_leaks(ctx: Context) -> None:
+    """A hook, a grad flag or a q/k/v-split flag left behind must change `model_state`."""
+    bridge = ctx.model.bridge
+    before = model_state(ctx.model)
+    point = bridge.get_hook_point("blocks.0.attn.hook_pattern")
+    handle = point.add_hook(lambda act, hook: None, dir="fwd")
+    assert model_state(ctx.model) != before
+    handle.hook.remove()
+    point.fwd_hooks.clear()
+    param = next(bridge.parameters())
+    param.requires_grad_(True)
+    assert model_state(ctx.model) != before
+    param.requires_grad_(False)
+    bridge.set_use_split_qkv_input(True)
+    assert model_state(ctx.model) != before
+    bridge.set_use_split_qkv_input(False)
+    assert model_state(ctx.model) == before
 
 
 def test_registry_has_the_built_ins() -> None:

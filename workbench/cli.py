@@ -131,6 +131,9 @@ def cmd_train(argv: list[str]) -> int:
                        default=getattr(defaults, field))
     p.add_argument("--target", type=float, default=None,
                    help="stop once held-out exact match reaches this")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop at this step but keep the --steps-long schedule")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
     args = p.parse_args(argv)
     from workbench.tasks import TASKS, make_task
 
@@ -142,7 +145,8 @@ def cmd_train(argv: list[str]) -> int:
     cfg = TrainConfig(task=args.task, task_options=task_options, **{
         f: getattr(args, f) for f in ("seed", "steps", "batch", "n_layer", "d_model", "n_head",
                                       "lr", "weight_decay", "warmup", "log_every",
-                                      "eval_every", "eval_n", "target", "threads")})
+                                      "eval_every", "eval_n", "target", "threads",
+                                      "stop_at", "save_every")})
 
     def show(row: dict[str, Any]) -> None:
         if row["split"] == "test":

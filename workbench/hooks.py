@@ -76,8 +76,9 @@ def hook_name(site: Site, layer: int | None = None) -> str:
 def hooks(bridge: Any, fwd: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
     """Add forward hooks `(name, fn)` for the `with` block; remove exactly those in `finally`.
 
-    Each hook is attached to its hook point directly, so `fn` runs once per forward (going
-    through the bridge's alias layer would call it once per alias name).
+    Legacy names (`hook_resid_pre`) resolve to the same hook point as canonical ones
+    (`hook_in`); `fn` runs once per forward. Only these handles are removed: hooks that someone
+    else added stay.
     """
     added: list[tuple[Any, Any]] = []  # (hook point, LensHandle)
     try:

@@ -54,6 +54,8 @@ class TrainConfig:
     eval_n: int = 2000
     target: float | None = None
     threads: int = 1
+    stop_at: int | None = None  # end here but keep the `steps`-long schedule (same weights)
+    save_every: int | None = None  # also save the checkpoint every this many steps
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def train(cfg: TrainConfig, out: Path,
     log_file = (out / "train_log.jsonl").open("w")
     start, step_hit, acc, per_digit = time.perf_counter(), None, 0.0, []
     step = 0
-    for step in range(1, cfg.steps + 1):
+    last = min(cfg.steps, cfg.stop_at or cfg.steps)
+    for step in range(1, last + 1):
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
         batch = encode(task.pairs(cfg.batch, seed=cfg.seed * 1_000_003 + step, split="train"),
@@ -100,7 +103,7 @@ def train(cfg: TrainConfig, out: Path,
                 "digit_loss": [round(v, 5) for v in loss_by_digit.tolist()],
                 "digit_acc": [round(v, 4) for v in digit_acc.tolist()],
                 "lr": _lr(cfg, step), "seconds": round(time.perf_counter() - start, 2)})
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == last:
             acc, per_digit = evaluate(model, held_out)
             _write(log_file, on_log, {
                 "step": step, "split": "test", "exact_match": acc,
@@ -109,12 +112,18 @@ def train(cfg: TrainConfig, out: Path,
             if cfg.target is not None and acc >= cfg.target:
                 step_hit = step
                 break
+        if cfg.save_every and step % cfg.save_every == 0:
+            _save(model, tokenizer, cfg, out)
     log_file.close()
     seconds = time.perf_counter() - start
+    _save(model, tokenizer, cfg, out)
+    return TrainResult(step, seconds, acc, per_digit, step_hit)
+
+
+def _save(model: GPT2LMHeadModel, tokenizer: Any, cfg: TrainConfig, out: Path) -> None:
     model.save_pretrained(str(out))
     save_tokenizer(tokenizer, out)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    return TrainResult(step, seconds, acc, per_digit, step_hit)
 
 
 def _config(cfg: TrainConfig, tokenizer: Any, seq_len: int) -> GPT2Config:
@@ -169,7 +178,7 @@ def command_line(cfg: TrainConfig, out: Path) -> str:
     default = TrainConfig(task=cfg.task)
     flags = [f"--{f.replace('_', '-')} {getattr(cfg, f)}" for f in (
         "seed", "steps", "batch", "n_layer", "d_model", "n_head", "lr", "weight_decay",
-        "warmup", "log_every", "eval_every", "eval_n", "target", "threads")
+        "warmup", "log_every", "eval_every", "eval_n", "target", "threads", "stop_at")
         if getattr(cfg, f) != getattr(default, f) or f in ("seed", "steps", "threads")]
     return f"workbench train --task {cfg.task} {options} {' '.join(flags)} --out {out}".replace(
         "  ", " ")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
 from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 
 from workbench.errors import WorkbenchError
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 CSS = """
 #main { height: 1fr; }
-#left { width: 48; border-right: solid $primary; }
-#grid-box { height: auto; max-height: 60%; }
+#left { width: 44; border-right: solid $primary; overflow-y: auto; }
+#grid-box { height: auto; max-height: 55%; overflow: auto auto; }
 #right { width: 1fr; }
 #status-row { height: 1; background: $panel; }
 #status { width: 1fr; padding: 0 1; color: $text-muted; }
@@ -96,7 +96,7 @@ class WorkbenchApp(App[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                with VerticalScroll(id="grid-box"):
+                with ScrollableContainer(id="grid-box"):
                     yield HeadGrid(id="grid")
                 yield PerformancePane(id="perf")
             with TabbedContent(id="right", initial="prompts"):

@@ -26,7 +26,7 @@ from workbench.tui.keys import bindings
 from workbench.tui.views import GridView
 
 LABEL = 5  # "L11  "
-CELL = 6  # " +0.16"
+CELL = 7  # " x+0.16": a gap, the ablation mark, a 5-character score
 
 
 def _fmt(score: float) -> str:
@@ -126,7 +126,7 @@ class HeadGrid(Widget, can_focus=True):
             style += " reverse"
         elif (col, layer) == self.cursor:
             style += " underline"
-        return Text(mark + body, style=style.strip())
+        return Text(" ") + Text(mark + body, style=style.strip())
 
     # -- input -------------------------------------------------------------------------------
 

@@ -80,10 +80,9 @@ class PerformancePane(Vertical):
             return Text("no performance yet", style="dim")
         out = Text()
         out.append(f"{v.metric_name} {_num(v.metric)}", style="bold")
-        out.append(f" (full {_num(v.metric_full)}, empty {_num(v.metric_empty)})\n",
-                   style="dim")
-        out.append(f"accuracy {_pct(v.accuracy)}", style="bold")
-        out.append(f"  {v.n_ablated} ablated\n", style="dim")
+        out.append(f"  accuracy {_pct(v.accuracy)}\n", style="bold")
+        out.append(f"full {_num(v.metric_full)} · empty {_num(v.metric_empty)} · "
+                   f"{v.n_ablated} ablated\n", style="dim")
         for i, acc in enumerate(v.per_digit):
             out.append(f"d{i} ")
             out.append_text(_bar(acc))
