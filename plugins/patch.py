@@ -30,7 +30,9 @@ model: the session's current ablations are not applied.
 Cost in forward-pass equivalents (FE): a run at layer L costs (n_layers - L) / n_layers FE, so
 a sweep of s sites per layer costs about s * (n_layers + 1) / 2 FE, times n_pos by position
 (`head_out` by position on GPT-2 small, 12 tokens: 12 * 6.5 * 12 = about 940 FE).
-`clean_to_corrupt` adds 2 FE for the swapped engine's two recorded runs.
+Each run also unembeds the answer positions (~0.1 FE on GPT-2 small at 12 tokens, where the
+50k vocabulary is a tenth of a forward). `clean_to_corrupt` adds 2 FE for the swapped engine's
+two recorded runs.
 """
 
 from __future__ import annotations

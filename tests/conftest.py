@@ -10,6 +10,8 @@ import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Test models are tiny: one thread is as fast and never stalls on a busy 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
@@ -18,6 +20,8 @@ import torch  # noqa: E402
 
 from workbench.model import LoadedModel, load_model  # noqa: E402
 from workbench.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:

@@ -17,23 +17,30 @@ from typing import Any
 import pytest
 import torch
 from pytest_textual_snapshot import SVGImageExtension
+from rich.color import ColorType
+from rich.style import Style
+from rich.text import Text
 from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
 
+from workbench.graph import Circuit
 from workbench.model import LoadedModel
-from workbench.plugins import Context, NodeScores, Technique
+from workbench.plugins import Context, Curve, NodeScores, Table, Technique
 from workbench.replay import replay
 from workbench.session import Session
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.boot import open_session
 from workbench.tui.completion import complete
+from workbench.tui.graph_layout import compare_layout
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.keys import KEYS, load_keymap
 from workbench.tui.messages import CommandFinished, Progress
+from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import CELL, LABEL, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane, percent_text
+from workbench.tui.panes.results import render_result
 
 TASK = "task addition digits=3 n=32"
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -319,6 +326,51 @@ async def test_palette_runs_verbs_through_the_session(session: Session) -> None:
         await pilot.press("enter")
         await settle(app, pilot)
         assert session.outcomes[-1].cmd == "perf"
+
+
+# -- views and colours -------------------------------------------------------------------------
+
+
+def _colours(text: Text) -> set[Any]:
+    styles = [Style.parse(str(span.style)) if isinstance(span.style, str) else span.style
+              for span in text.spans] + [Style.parse(str(text.style))]
+    return {c for st in styles for c in (st.color, st.bgcolor) if c is not None}
+
+
+def test_tables_and_curves_render_as_heatmaps_and_plots() -> None:
+    table = Table("patching", ("a0", "a1"), ("0", "1", "2"), torch.tensor([[1.0, -0.5, 0.0],
+                                                                          [0.2, 0.9, -1.0]]))
+    heat = render_result(table)
+    assert "a0" in heat.plain and "a1" in heat.plain and "|max| 1" in heat.plain
+    curve = Curve("performance vs heads", "heads", (0.0, 1.0, 2.0, 3.0),
+                  {"perf": (0.0, 40.0, 80.0, 100.0)})
+    plot = render_result(curve).plain
+    assert "perf: 0 .. 100" in plot and "█" in plot and "heads: 0 .. 3" in plot
+    layout = compare_layout(Circuit(["a0.1", "m0"], ["a0.1->m0"], name="c1"),
+                            Circuit(["m0", "m1"], ["m0->m1"], name="c2"))
+    marks = {n.name: n.where for _, row in layout.rows for n in row}
+    assert marks == {"a0.1": "a", "m0": "both", "m1": "b"}
+    assert layout.order == ("m1", "a0.1", "m0")  # top row first: layer 1, then layer 0
+    incoming, outgoing = layout.edges_of("m0")
+    assert [str(e) for e in incoming] == ["a0.1->m0"] and [str(e) for e in outgoing] == ["m0->m1"]
+
+
+@pytest.mark.asyncio
+async def test_panes_use_only_the_16_ansi_colours(session: Session) -> None:
+    app = make_app(session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        for line in ("ablate a0.1", "run dla", "select r1 top=3", "select a0.* m0",
+                     "compare c1 c2"):
+            app.submit(line)
+        await settle(app, pilot)
+        table = Table("t", ("a",), ("0", "1"), torch.tensor([[1.0, -1.0]]))
+        texts = [app.query_one(HeadGrid).render(), app.query_one(PerformancePane).details(),
+                 app.query_one(GraphView).render(),
+                 render_result(session.state.result("r1")), render_result(table)]
+    colours = set().union(*(_colours(t) for t in texts))
+    assert colours, "the panes should use some colour"
+    assert all(c.type in (ColorType.STANDARD, ColorType.DEFAULT) for c in colours), colours
 
 
 # -- opening and resuming -----------------------------------------------------------------------

@@ -81,6 +81,7 @@ class AblationEngine:
             "resample": corrupted,
         }
         self._last: tuple[list[bytes], State] | None = None
+        self._empty: dict[Mode, Tensor] = {}
         self.last_start = 0  # the layer the last `logits` call restarted from (for benches)
 
     # -- building patches ------------------------------------------------------------------
@@ -190,11 +191,14 @@ class AblationEngine:
         return keys
 
     def empty_logits(self, mode: Mode) -> Tensor:
-        """Every edge ablated: the logits read the all-ablated residual."""
-        patch = Patch(receiver=self._logits_receiver(mode))
-        with torch.no_grad():
-            return self.forward.run(self.enc.clean, self.enc.answer_pos, patch, self.values,
-                                    start=self.weights.n_layers, state=self._final_state())[0]
+        """Every edge ablated: the logits read the all-ablated residual (cached per mode)."""
+        if mode not in self._empty:
+            patch = Patch(receiver=self._logits_receiver(mode))
+            with torch.no_grad():
+                self._empty[mode] = self.forward.run(
+                    self.enc.clean, self.enc.answer_pos, patch, self.values,
+                    start=self.weights.n_layers, state=self._final_state())[0]
+        return self._empty[mode]
 
     def _logits_receiver(self, mode: Mode) -> Tensor:
         lay = self.forward.layout

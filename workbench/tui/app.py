@@ -36,7 +36,7 @@ from workbench.session import Outcome, Session
 from workbench.tui.boot import open_session
 from workbench.tui.command_line import CommandLine
 from workbench.tui.completion import complete
-from workbench.tui.graph_layout import GraphLayout, circuit_layout, compare_layout
+from workbench.tui.graph_layout import GraphLayout, layout_for
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.keys import bindings, load_keymap
 from workbench.tui.messages import Booted, BootFailed, CommandFinished, CommandStarted, Progress
@@ -114,6 +114,10 @@ class WorkbenchApp(App[None]):
         yield CommandLine(self._complete, id="command")
         yield Footer()
 
+    def on_unmount(self) -> None:
+        self._queue.clear()
+        self._cancel.set()  # a technique still running in the worker stops at its next check
+
     def on_mount(self) -> None:
         self.set_keymap(self.keymap)
         for problem in self._key_problems:
@@ -147,7 +151,7 @@ class WorkbenchApp(App[None]):
             self._record(outcome, quiet=True)
         last = message.outcomes[-1] if message.outcomes else None
         if last is not None and not last.ok:  # e.g. the model did not load
-            self.notify(f"{last.cmd}: {last.error}", severity="error")
+            self.notify(one_line(f"{last.cmd}: {last.error}"), severity="error")
         self._apply(message.snapshot)
         self.ready = True
         self._status("ready")
@@ -156,8 +160,8 @@ class WorkbenchApp(App[None]):
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
-        self._status(f"could not open the session: {message.error}")
-        self.notify(message.error, severity="error")
+        self._status(one_line(f"could not open the session: {message.error}"))
+        self.notify(one_line(message.error), severity="error")
 
     # -- running commands ---------------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class WorkbenchApp(App[None]):
             self._apply(message.snapshot)
         except Exception as exc:
             log.exception("showing %r failed", message.outcome.cmd)
-            self.notify(f"cannot show the result: {exc}", severity="error")
+            self.notify(one_line(f"cannot show the result: {exc}"), severity="error")
         if not self._queue:
             self._set_running(False)
             self._status("ready")
@@ -250,7 +254,7 @@ class WorkbenchApp(App[None]):
         self.query_one(LogPane).add(outcome)
         if not outcome.ok:
             if not quiet:
-                self.notify(f"{outcome.cmd}: {outcome.error}", severity="error")
+                self.notify(one_line(f"{outcome.cmd}: {outcome.error}"), severity="error")
             return
         verb, out = outcome.cmd.split()[0], outcome.out
         tabs = self.query_one(TabbedContent)
@@ -293,23 +297,8 @@ class WorkbenchApp(App[None]):
         self.query_one(GraphView).show(self._graph_layout())
 
     def _graph_layout(self) -> GraphLayout | None:
-        session, source = self.session, self.graph_source
-        if session is None:
-            return None
-        state = session.state
-        circuits = dict(state.circuits)
-        if source is not None and source[0] == "compare" and \
-                all(c in circuits for c in source[1:]):
-            return compare_layout(circuits[source[1]].circuit, circuits[source[2]].circuit)
-        if source is not None and source[0] == "result":
-            found = circuit_of(dict(state.results).get(source[1]))
-            if found is not None:
-                return circuit_layout(found.circuit, f"{source[1]}: {found.title}")
-        if source is not None and source[0] == "circuit" and source[1] in circuits:
-            return circuit_layout(circuits[source[1]].circuit)
-        if circuits:
-            return circuit_layout(list(circuits.values())[-1].circuit)
-        return None
+        return None if self.session is None else \
+            layout_for(self.session.state, self.graph_source)
 
     def _status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)
@@ -392,6 +381,12 @@ class WorkbenchApp(App[None]):
         at = ids.index(now) if now in ids else -1
         self.graph_source = ("circuit", ids[(at + 1) % len(ids)])
         self.query_one(GraphView).show(self._graph_layout())
+
+
+def one_line(text: str) -> str:
+    """Notifications are one line: the first line of `text`, shortened."""
+    first = (text.strip().splitlines() or [""])[0]
+    return first if len(first) <= 200 else first[:199] + "…"
 
 
 def run_app(model: str | None, session_path: Path | None, device: str = "auto",

@@ -42,8 +42,9 @@ def open_session(model: str | None, path: Path | None, device: str = "auto",
                  download: bool = False) -> tuple[Session, list[Outcome]]:
     """A session with the model resident; `path` is created, or resumed when it exists.
 
-    Returns the session and the outcomes of the commands run (load and replayed ones).
-    Raises `WorkbenchError` with one line when the model cannot load or the resume is cancelled.
+    Returns the session and the outcomes of the commands run (load and replayed ones); when the
+    model does not load, the last outcome says why and nothing is replayed. Raises
+    `WorkbenchError` with one line when the resume is cancelled.
     """
     report = progress or (lambda fraction, message: None)
     stop = cancelled or (lambda: False)
@@ -68,8 +69,8 @@ def open_session(model: str | None, path: Path | None, device: str = "auto",
         outcome = session.execute(f"load {source}" + (f" device={device}"
                                                       if device != "auto" else ""))
         outcomes.append(outcome)
-        if not outcome.ok:
-            raise WorkbenchError(outcome.error or f"cannot load {source}")
+        if not outcome.ok:  # keep the session: the user can `load` another model
+            return session, outcomes
     for i, line in enumerate(commands):
         if stop():
             raise WorkbenchError(f"resume cancelled after {i} of {len(commands)} commands; "

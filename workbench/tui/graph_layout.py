@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from workbench.graph import Circuit, Edge, Node
+from workbench.session import State
+from workbench.tui.result_views import circuit_of
 
 Where = Literal["", "both", "a", "b"]
 
@@ -111,3 +113,21 @@ def compare_layout(a: Circuit, b: Circuit) -> GraphLayout:
     title = f"{na} vs {nb}: {shared} shared of {len(nodes)} nodes"
     legend = f"* in both   ¹ only in {na}   ² only in {nb}"
     return _layout(nodes, by_name, title, (a, b), legend)
+
+
+def layout_for(state: State, source: tuple[str, ...] | None) -> GraphLayout | None:
+    """What the graph pane shows: `("compare", c1, c2)`, `("result", r<n>)` (a technique's
+    circuit), `("circuit", c<n>)`, or by default the newest circuit; None when there is none."""
+    circuits = dict(state.circuits)
+    kind, ids = (source[0], source[1:]) if source else ("", ())
+    if kind == "compare" and len(ids) == 2 and all(c in circuits for c in ids):
+        return compare_layout(circuits[ids[0]].circuit, circuits[ids[1]].circuit)
+    if kind == "result":
+        found = circuit_of(dict(state.results).get(ids[0]))
+        if found is not None:
+            return circuit_layout(found.circuit, f"{ids[0]}: {found.title}")
+    if kind == "circuit" and ids[0] in circuits:
+        return circuit_layout(circuits[ids[0]].circuit)
+    if circuits:
+        return circuit_layout(list(circuits.values())[-1].circuit)
+    return None
