@@ -170,8 +170,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         out["tl_plain_s"], out["tl_plain_cpu_s"] = median_seconds(lambda: model(tokens),
                                                                   repeats)
         if job["method"] == "baseline":
-            out["transformers_s"], out["transformers_cpu_s"] = median_seconds(
-                lambda: hf(tokens).logits, repeats)
+            out["transformers_s"], out["transformers_cpu_s"] = _time_hf(hf, tokens, repeats)
     del hf
     gc.collect()
     t0 = time.perf_counter()
@@ -190,16 +189,21 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 patchable(batch.clean)[patchable.out_slice], batch))
         out["rss_setup_mb"] = out["peak_rss_mb"] = rss_mb()
         return out
+    out["rss_before_method_mb"] = rss_mb()
     if job["warmup"]:  # a reduced run first, as discovery.py does for ours
         t0 = time.perf_counter()
         run_method({**job, "save": None, "ig_steps": 1, "acdc_edges": 10}, patchable, loader,
                    inputs)
         out["warmup_s"] = time.perf_counter() - t0
     out["rss_setup_mb"] = rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
-    extra = run_method(job, patchable, loader, inputs)
-    out["method_s"] = time.perf_counter() - t0
-    out["method_cpu_s"] = time.process_time() - c0
+    walls, cpus = [], []
+    for _ in range(job["runs"]):
+        t0, c0 = time.perf_counter(), time.process_time()
+        extra = run_method(job, patchable, loader, inputs)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    out["method_s"], out["method_cpu_s"] = statistics.median(walls), statistics.median(cpus)
+    out["runs_s"] = walls
     out["peak_rss_mb"] = rss_mb()
     out["load_avg_end"] = os.getloadavg()[0]
     out["fe"] = out["method_s"] / out["tl_plain_s"]
@@ -210,6 +214,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         out["fe_cpu_per_tested_edge"] = (extra["edge_loop_cpu_s"] / extra["tested"]
                                          / out["tl_plain_cpu_s"])
     return out
+
+
+def _time_hf(hf: Any, tokens: torch.Tensor, repeats: int) -> tuple[float, float]:
+    return median_seconds(lambda: hf(tokens).logits, repeats)
 
 
 def run_method(job: dict[str, Any], model: Any, loader: Any, inputs: dict[str, Any]
@@ -317,8 +325,10 @@ def main() -> None:
     p.add_argument("--methods", default="eap,eap_ig,acdc")
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--acdc-edges", type=int, default=0, help="ACDC: test the first N edges")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cold", action="store_true", help="no reduced warm-up run first")
+    p.add_argument("--repeats", type=int, default=3, help="baseline forwards (median)")
+    p.add_argument("--runs", type=int, default=1, help="timed runs per method (median)")
+    p.add_argument("--cold", action="store_true", help="no reduced warm-up run first (for "
+                   "large models, where one-time costs are noise)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker")
     p.add_argument("--scores", help="safetensors output (default bench/results/"
                    "autocircuit_scores_<model>_<N>.safetensors)")
@@ -342,7 +352,8 @@ def main() -> None:
     scores_path = Path(args.scores) if args.scores else (
         RESULTS / f"autocircuit_scores_{label}_{inputs['n']}.safetensors")
     started, load_start = time.strftime("%Y-%m-%d %H:%M:%S"), os.getloadavg()
-    base = {"inputs": str(inputs_path), "repeats": args.repeats, "warmup": not args.cold,
+    base = {"inputs": str(inputs_path), "repeats": args.repeats, "runs": args.runs,
+            "warmup": not args.cold,
             "ig_steps": args.ig_steps, "acdc_edges": args.acdc_edges}
     print("auto-circuit: baseline ...", file=sys.stderr, flush=True)
     baseline = run_worker({**base, "method": "baseline"}, args.timeout)
@@ -376,6 +387,9 @@ def main() -> None:
              "scores": str(scores_path) if parts else None}
     path = RESULTS / "autocircuit.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
+    old = everything.get(label, {})
+    if old.get("setting", {}).get("prompts") == inputs["n"]:  # keep methods not re-run now
+        entry["methods"] = {**old.get("methods", {}), **methods}
     everything[label] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(everything, indent=2) + "\n")

@@ -144,11 +144,14 @@ def rss_mb() -> float:
 
 
 class _SubsetGraph:
-    """The model's graph with ACDC visiting only some receivers (the last ones in its order)."""
+    """The model's graph with ACDC visiting only its first `n` receivers (ACDC goes backwards:
+    logits, m11, a11.11<v>, ...); `skip_logits` starts after logits, whose edges then count as
+    kept, so every visited receiver's edges are tested (restarting at its layer)."""
 
-    def __init__(self, graph: Any, last: int) -> None:
+    def __init__(self, graph: Any, n: int, skip_logits: bool = False) -> None:
         self._graph = graph
-        self.receivers = graph.receivers[-last:]
+        end = len(graph.receivers) - (1 if skip_logits else 0)
+        self.receivers = graph.receivers[end - n: end]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._graph, name)
@@ -189,17 +192,20 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         out["clean_metric"] = _metric(engine.clean_logits, enc)
         out["rss_setup_mb"] = out["peak_rss_mb"] = rss_mb()
         return out
+    out["rss_before_method_mb"] = rss_mb()
     if job["warmup"]:  # a reduced run first: one-time costs (autograd, allocator) stay out
         t0 = time.perf_counter()
         run_method(warmup_job(job), model, engine, enc)
         out["warmup_s"] = time.perf_counter() - t0
-        engine.graph = engine.graph if not isinstance(engine.graph, _SubsetGraph) else \
-            engine.graph._graph
     out["rss_setup_mb"] = rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
-    extra = run_method(job, model, engine, enc)
-    out["method_s"] = time.perf_counter() - t0
-    out["method_cpu_s"] = time.process_time() - c0
+    walls, cpus = [], []
+    for _ in range(job["runs"]):  # the median of `runs` (tiny models: milliseconds, noisy)
+        t0, c0 = time.perf_counter(), time.process_time()
+        extra = run_method(job, model, engine, enc)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    out["method_s"], out["method_cpu_s"] = statistics.median(walls), statistics.median(cpus)
+    out["runs_s"] = walls
     out["peak_rss_mb"] = rss_mb()
     out["load_avg_end"] = os.getloadavg()[0]
     out["fe"] = out["method_s"] / out["fused_s"]
@@ -216,7 +222,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 def warmup_job(job: dict[str, Any]) -> dict[str, Any]:
     """The same method on the same engine, smaller: EAP itself, EAP-IG with 1 step, ACDC on
     the last 2 receivers, 1 mask step; nothing saved."""
-    return {**job, "save": None, "ig_steps": 1, "mask_steps": 1, "acdc_receivers": 2}
+    return {**job, "save": None, "ig_steps": 1, "mask_steps": 1, "acdc_receivers": 2,
+            "acdc_skip_logits": False}
 
 
 def _metric(logits: torch.Tensor, enc: Any) -> float:
@@ -232,7 +239,7 @@ def run_method(job: dict[str, Any], model: Any, engine: Any, enc: Any) -> dict[s
 
         steps = job["ig_steps"] if method == "eap_ig" else 0
         scores = edge_attribution(engine, METRIC, MODE, steps, job["batch_size"])
-        if job.get("save"):
+        if job.get("save"):  # the last run's (all runs give the same scores)
             from safetensors.torch import save_file
 
             save_file({"scores": scores.contiguous()}, job["save"])
@@ -240,12 +247,15 @@ def run_method(job: dict[str, Any], model: Any, engine: Any, enc: Any) -> dict[s
     if method == "acdc":
         from plugins.acdc import Params, acdc
 
-        last = job["acdc_receivers"]
+        graph, last = engine.graph, job["acdc_receivers"]
         if last:
-            engine.graph = _SubsetGraph(engine.graph, last)
-        params = Params(tau=job["tau"], metric="kl", mode=MODE)
-        keep, _, stats = acdc(engine, params, MODE)
-        visited = [str(r) for r in list(reversed(engine.graph.receivers))]
+            engine.graph = _SubsetGraph(graph, last, job.get("acdc_skip_logits", False))
+        try:
+            params = Params(tau=job["tau"], metric="kl", mode=MODE)
+            keep, _, stats = acdc(engine, params, MODE)
+            visited = [str(r) for r in list(reversed(engine.graph.receivers))]
+        finally:
+            engine.graph = graph
         return {"tau": job["tau"], "receivers": len(visited),
                 "receivers_visited": visited[:4] + (["..."] if len(visited) > 4 else []),
                 "tested": stats.tested, "forwards": stats.forwards,
@@ -292,20 +302,30 @@ def run_worker(job: dict[str, Any], timeout: int) -> dict[str, Any]:
 
 def jobs_for(args: argparse.Namespace, inputs: dict[int, Path], scores: Path) -> list[dict]:
     small = args.model == "gpt2-small"
-    base = {"repeats": args.repeats, "warmup": not args.cold, "batch_size": args.batch_size,
-            "ig_steps": args.ig_steps,
-            "tau": args.tau, "mask_steps": args.mask_steps,
+    base = {"repeats": args.repeats, "runs": args.runs, "warmup": warm(args),
+            "batch_size": args.batch_size, "ig_steps": args.ig_steps, "tau": args.tau,
+            "mask_steps": args.mask_steps,
             "acdc_receivers": args.acdc_receivers if small else 0}
-    jobs = [{**base, "name": "baseline", "method": "baseline", "inputs": str(inputs[args.prompts])}]
+    jobs = [{**base, "name": "baseline", "method": "baseline",
+             "inputs": str(inputs[args.prompts])}] if args.methods and not args.no_baseline \
+        else []
     for m in args.methods:
         save = str(scores).replace(".safetensors", f"_{m}.safetensors") if m in (
             "eap", "eap_ig") else None
         jobs.append({**base, "name": m, "method": m, "inputs": str(inputs[args.prompts]),
                      "save": save})
+    if small and "acdc" in args.methods and args.acdc_l11:
+        jobs.append({**base, "name": "acdc_l11", "method": "acdc",
+                     "inputs": str(inputs[args.prompts]), "acdc_receivers": args.acdc_l11,
+                     "acdc_skip_logits": True})
     if args.big:
-        jobs.append({**base, "name": f"eap@{args.big}", "method": "eap",
-                     "inputs": str(inputs[args.big]), "batch_size": args.big})
+        jobs.append({**base, "name": f"eap@{args.big}", "method": "eap", "warmup": False,
+                     "runs": 1, "inputs": str(inputs[args.big]), "batch_size": args.big})
     return jobs
+
+
+def warm(args: argparse.Namespace) -> bool:
+    return args.warmup == "yes" or (args.warmup == "auto" and args.model == "add3")
 
 
 def compare_scores(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, Any]:
@@ -346,9 +366,10 @@ def run_peer(args: argparse.Namespace, ckpt: Path, inputs: Path, out: Path) -> d
     cmd = [str(peer), str(PEER_SCRIPT), "--ckpt", str(ckpt), "--prompts", str(args.prompts),
            "--inputs", str(inputs), "--model", args.model, "--methods", methods,
            "--ig-steps", str(args.ig_steps), "--repeats", str(args.repeats),
+           "--runs", str(args.runs),
            "--acdc-edges", str(args.peer_acdc_edges if args.model == "gpt2-small" else 0),
            "--timeout", str(args.timeout), "--scores", str(out)] + (
-               ["--cold"] if args.cold else [])
+               [] if warm(args) else ["--cold"])
     print("peer:", " ".join(cmd), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ""})
     path = RESULTS / "autocircuit.json"
@@ -402,14 +423,17 @@ def table(rows: list[dict[str, Any]], peer: dict[str, Any] | None) -> str:
                 lines.append(f"  {m:<8} failed: {r['error']}")
                 continue
             ours = next((o for o in rows if o.get("job") == m and "error" not in o), None)
-            extra = ""
+            extra = speed = ""
             if m == "acdc":
                 extra = (f", {r['tested']} edges tested: {r['fe_per_tested_edge']:.2f} "
-                         f"FE/edge")
-            speed = ""
-            if ours and tf and pb.get("transformers_s"):
-                speed = (f"; ours {ours['method_s'] / tf:.1f} vs theirs "
-                         f"{r['method_s'] / pb['transformers_s']:.1f} FE(tf)")
+                         f"FE/edge (cpu {r['fe_cpu_per_tested_edge']:.2f})")
+                mine = [o for o in rows if o.get("method") == "acdc" and "error" not in o]
+                speed = "; ours " + ", ".join(
+                    f"{o['job']} {o['fe_per_tested_edge']:.3f}" for o in mine) + " FE/edge"
+            elif ours and tf and pb.get("transformers_s"):
+                speed = (f"; ours {ours['fe']:.1f} FE; both / plain transformers: ours "
+                         f"{ours['method_s'] / tf:.1f} vs theirs "
+                         f"{r['method_s'] / pb['transformers_s']:.1f}")
             lines.append(f"  {m:<8} {r['method_s']:.2f} s, {r['fe']:.1f} FE (vs their TL fwd), "
                          f"peak {r['peak_rss_mb']:.0f} MB{extra}{speed}")
     return "\n".join(lines)
@@ -423,19 +447,29 @@ def main() -> None:
     p.add_argument("--big", type=int, default=0, help="also EAP on this many prompts, 1 batch")
     p.add_argument("--pad", type=int, default=None, help="left-pad prompts to this many tokens "
                    "(default 16 for gpt2-small, none for add3)")
-    p.add_argument("--repeats", type=int, default=3, help="baseline forwards (median)")
-    p.add_argument("--cold", action="store_true", help="no reduced warm-up run before a "
-                   "method (default: one, so one-time costs are not counted)")
+    p.add_argument("--repeats", type=int, help="baseline forwards, median (default: 20 on "
+                   "add3, 3 on gpt2-small)")
+    p.add_argument("--runs", type=int, help="timed runs of each method, median (default: 5 on "
+                   "add3, 1 on gpt2-small)")
+    p.add_argument("--warmup", choices=("auto", "yes", "no"), default="auto",
+                   help="a reduced run of each method before the timed one, so one-time costs "
+                   "(autograd start, allocator) are not counted; auto = add3 only (on "
+                   "gpt2-small they are noise and a warm-up would double the run)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--tau", type=float, default=0.001)
-    p.add_argument("--acdc-receivers", type=int, default=6,
+    p.add_argument("--acdc-receivers", type=int, default=3,
                    help="gpt2-small: ACDC visits only the last N receivers (logits, m11, ...)")
-    p.add_argument("--peer-acdc-edges", type=int, default=400,
+    p.add_argument("--acdc-l11", type=int, default=2, help="gpt2-small: also an ACDC job on the "
+                   "N receivers before logits (m11, a11.11<v>, ...), logits skipped so their "
+                   "edges are all tested at layer 11 (0: no such job)")
+    p.add_argument("--peer-acdc-edges", type=int, default=20,
                    help="gpt2-small: auto-circuit's ACDC tests its first N edges")
     p.add_argument("--mask-steps", type=int, default=10)
     p.add_argument("--peer", default=str(DEFAULT_PEER) if DEFAULT_PEER.exists() else "",
                    help="python of the auto-circuit venv ('' to skip)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline job (keeps the "
+                   "last one in discovery.json)")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "wb-discovery"))
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -446,6 +480,9 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
     args.methods = [m for m in args.methods.split(",") if m]
+    small = args.model == "gpt2-small"
+    args.repeats = args.repeats or (3 if small else 20)
+    args.runs = args.runs or (1 if small else 5)
     work = Path(args.workdir) / args.model
     if args.model == "gpt2-small":
         ckpt = gpt2_small_checkpoint(work / "ckpt")
@@ -465,7 +502,10 @@ def main() -> None:
     rows = []
     for job in jobs_for(args, inputs, scores):
         print(f"running {job['name']} ...", file=sys.stderr, flush=True)
-        rows.append(run_worker(job, args.timeout))
+        rows.append({**run_worker(job, args.timeout), "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "setting": {k: job[k] for k in ("repeats", "runs", "warmup", "batch_size",
+                                                     "ig_steps", "tau", "acdc_receivers",
+                                                     "mask_steps")}})
         print(f"  {json.dumps(rows[-1])[:300]}", file=sys.stderr, flush=True)
     peer: dict[str, Any] = {}
     comparison: dict[str, Any] = {}
@@ -493,6 +533,13 @@ def main() -> None:
     }
     path = RESULTS / "discovery.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
+    old = everything.get(args.model, {})
+    if old.get("setting", {}).get("prompts") == args.prompts:  # keep jobs not re-run now
+        again = {r["job"] for r in rows}
+        rows[:0] = [r for r in old.get("rows", []) if r["job"] not in again]
+        result["rows"] = rows
+        result["peer"] = peer or old.get("peer", {})
+        result["score_comparison"] = {**old.get("score_comparison", {}), **comparison}
     everything[args.model] = result
     path.write_text(json.dumps(everything, indent=2) + "\n")
     print(table(rows, peer))

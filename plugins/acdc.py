@@ -33,7 +33,7 @@ from torch import Tensor
 
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
-from workbench.forward import Mode, Patch, State
+from workbench.forward import Activations, Mode, Patch, State
 from workbench.graph import Circuit, Node
 from workbench.metrics import metric_per_prompt
 from workbench.plugins import CircuitResult, Context, Technique
@@ -64,7 +64,7 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
     """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
     lay, graph, w = engine.forward.layout, engine.graph, engine.weights
     keep = torch.ones(lay.n_edges, **engine.kw)
-    deltas = engine.clean.deltas_from(engine.values[mode], w)
+    deltas = Activations.groups(engine.clean.deltas_from(engine.values[mode], w), lay.n_heads)
     current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]
     outgoing: dict[Node, list[int]] = defaultdict(list)
     for index, edge in enumerate(graph.edges):

@@ -5,10 +5,12 @@ the metric changes when the edge is ablated, to first order:
     score(s -> r) = -(out_s - abl_s) . dM / d(input of r)
 1. The clean and ablated (corrupted / mean / zero) source outputs are already cached by the
    engine (the 2 forward passes of EAP's floor).
-2. One forward with a zero-valued probe on every edge (`Patch.probe`): receiver r reads
-   `+ sum_s probe[s, r] * (out_s - abl_s)`, which changes nothing.
-3. One backward: the gradient w.r.t. the probe is `(out_s - abl_s) . dM/d(input of r)` for
-   all 32,491 edges of GPT-2 small at once; the score is its negative.
+2. One plain forward and one backward give dM/d(input of r) for every receiver at once
+   (`forward.Capture`: each head's q/k/v gradient mapped back through W_Q/W_K/W_V and the
+   shared LayerNorm Jacobian; no per-head copies of the residual).
+3. One GEMM per receiver group multiplies the stacked deltas (sources x batch*pos*d) with those
+   gradients: the scores of all 32,491 edges of GPT-2 small.
+It equals the gradient of the edge mask `keep` at keep = 1 (tested), at a fraction of its cost.
 EAP-IG (Hanna et al. 2024) averages the gradient along a straight path of the *inputs* from
 the ablated to the clean prompt (the `input` node interpolated, `steps` points, midpoint rule),
 with the same fixed deltas. Prompts are processed in chunks of `batch_size`, so memory stays
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Mode, Patch
+from workbench.forward import MODES, Capture, Layout, Mode, Patch
 from workbench.metrics import metric_per_prompt
 from workbench.plugins import Context, EdgeScores, Technique
 
@@ -40,7 +42,7 @@ class Params:
 def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int = 0,
                      batch_size: int = 64, ctx: Context | None = None) -> Tensor:
     """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
-    lay, enc = engine.forward.layout, engine.enc
+    lay, enc, w = engine.forward.layout, engine.enc, engine.weights
     total = torch.zeros(lay.n_edges, **engine.kw)
     alphas = [1.0] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
     chunks = list(range(0, enc.n, batch_size))
@@ -48,28 +50,53 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
     for start in chunks:
         rows = slice(start, start + batch_size)
         sub = enc.subset(rows)
+        n_pos = sub.clean.shape[1]
         values = {m: engine.values[m].rows(rows) for m in MODES}
-        deltas = engine.clean.rows(rows).deltas_from(values[mode], engine.weights)
-        reference = engine.clean_logits[rows]
+        grads: tuple[list[Tensor], list[Tensor], Tensor] | None = None
         for alpha in alphas:
             if ctx is not None:
                 ctx.check()
                 ctx.progress(done / todo, f"gradients {done + 1}/{todo}")
-            probe = torch.zeros(lay.n_edges, **engine.kw, requires_grad=True)
             node = None
             if alpha < 1.0:  # the input moves along the path from ablated to clean
-                node = torch.zeros(len(MODES), lay.n_sources, sub.clean.shape[1],
-                                   **engine.kw)
+                node = torch.zeros(len(MODES), lay.n_sources, n_pos, **engine.kw)
                 node[MODES.index(mode), 0] = 1.0 - alpha
-            patch = Patch(node=node, probe=probe, probe_deltas=tuple(deltas))
+            capture = Capture()
             with torch.enable_grad():
-                logits = engine.forward.run(sub.clean, sub.answer_pos, patch, values)[0]
+                logits = engine.forward.run(sub.clean, sub.answer_pos, Patch(node=node), values,
+                                            capture=capture)[0]
+                reference = engine.clean_logits[rows]
                 value = metric_per_prompt(metric, logits, sub, reference)  # type: ignore[arg-type]
                 value.sum().backward()
-            assert probe.grad is not None
-            total -= probe.grad / enc.n / len(alphas)
+            g = capture.input_grads(w, sub.answer_pos, n_pos)
+            grads = g if grads is None else (
+                [a + b for a, b in zip(grads[0], g[0], strict=True)],
+                [a + b for a, b in zip(grads[1], g[1], strict=True)], grads[2] + g[2])
             done += 1
+        assert grads is not None
+        deltas = engine.clean.rows(rows).deltas_from(values[mode], w)
+        total -= _scores(lay, deltas, grads) / enc.n / len(alphas)
     return total
+
+
+def _scores(lay: Layout, deltas: Tensor, grads: tuple[list[Tensor], list[Tensor], Tensor]
+            ) -> Tensor:
+    """delta_s . g_r for every edge, laid out in graph edge order (one GEMM per group)."""
+    attn, mlp, logits = grads
+    n = deltas.shape[0]
+    flat = deltas.reshape(n, -1)  # (sources, batch*pos*d)
+    out = torch.empty(lay.n_edges, dtype=deltas.dtype, device=deltas.device)
+    for layer in range(lay.n_layers):
+        up = lay.up_attn(layer)
+        g = attn[layer].permute(2, 3, 0, 1, 4).reshape(3 * lay.n_heads, -1)  # (3*head, bpd)
+        block = flat[:up] @ g.T  # (up, 3*head)
+        at = lay.attn_offset[layer]
+        out[at: at + block.numel()] = block.T.reshape(-1)  # edge order: port, head, source
+        up = lay.up_mlp(layer)
+        at = lay.mlp_offset[layer]
+        out[at: at + up] = flat[:up] @ mlp[layer].reshape(-1)
+    out[lay.logits_offset:] = flat @ logits.reshape(-1)
+    return out
 
 
 def run(ctx: Context, params: Params) -> EdgeScores:

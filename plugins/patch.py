@@ -131,7 +131,7 @@ class Sweep:
     rows: tuple[str, ...]
     cols: tuple[str, ...]
     patched: Tensor  # (rows, cols): M of each patched run
-    base: Baseline
+    baseline: Baseline
 
 
 def _plan(site: Site, by_position: bool, n_layers: int, n_heads: int, n_pos: int
@@ -215,7 +215,7 @@ def sweep(ctx: Context, params: Params) -> Sweep:
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
     result = sweep(ctx, params)
-    effect = result.base.normalise(result.patched)  # (rows, cols)
+    effect = result.baseline.normalise(result.patched)  # (rows, cols)
     what = {"resid": "residual stream (resid_pre)", "attn_out": "attention layer outputs",
             "mlp_out": "MLP outputs", "head_out": "head outputs", "head_q": "head queries",
             "head_k": "head keys", "head_v": "head values", "head_pattern": "head patterns"}
@@ -225,8 +225,8 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
     if nodes and result.cols == ("all",):
         return NodeScores(title=title, scores=dict(zip(result.rows, effect[:, 0].tolist(),
                                                        strict=True)),
-                          unit=unit, extra={"metric_base": result.base.base,
-                                            "metric_other": result.base.other})
+                          unit=unit, extra={"metric_base": result.baseline.base,
+                                            "metric_other": result.baseline.other})
     return Table(title=title, rows=result.rows, cols=result.cols, values=effect, unit=unit)
 
 

@@ -17,7 +17,7 @@ Everything runs on CPU on 8-32 prompts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -49,16 +49,6 @@ def context(model: LoadedModel, prompts: PromptSet, enc: EncodedPrompts | None =
 
 def addition(n: int, seed: int = 1, corrupt: str | None = None, digits: int = 3) -> PromptSet:
     return make_task("addition", digits=digits).prompt_set(n, seed=seed, corrupt=corrupt)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, which on a
-    shared, loaded CPU made each op ~25x slower (measured). Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +97,8 @@ def test_patching_clean_into_clean_changes_nothing(tiny: LoadedModel, direction:
     sweeps = [(site, False) for site in SITES] + [("resid", True), ("head_q", True)]
     for site, by_position in sweeps:
         sw = patch.sweep(ctx, patch.Params(site, direction, by_position))  # type: ignore[arg-type]
-        assert sw.base.base == pytest.approx(clean, abs=1e-6)
-        assert sw.base.other == pytest.approx(clean, abs=1e-6)
+        assert sw.baseline.base == pytest.approx(clean, abs=1e-6)
+        assert sw.baseline.other == pytest.approx(clean, abs=1e-6)
         assert torch.allclose(sw.patched, torch.full_like(sw.patched, clean), atol=1e-5), site
     for each in (True, False):
         ps = path_patch.sweep(ctx, path_patch.Params("input,a*.*,m*", "a1.*,m1,logits", each,
@@ -174,15 +164,15 @@ def test_clean_to_corrupt_matches_transformer_lens(
         tiny_ctx: Context, site: str, by_position: bool, sweep: Callable[..., Tensor],
         layout: Callable[[Tensor], Tensor]) -> None:
     ours = patch.sweep(tiny_ctx, patch.Params(site, "clean_to_corrupt", by_position))  # type: ignore[arg-type]
-    assert_agree(ours.patched, layout(tl_sweep(tiny_ctx, sweep)), ours.base.base)
+    assert_agree(ours.patched, layout(tl_sweep(tiny_ctx, sweep)), ours.baseline.base)
 
 
 def test_resid_patching_matches_transformer_lens_on_add3(add3_ctx: Context) -> None:
     """The trained model: effects of several logits, so the absolute tolerance bites."""
     ours = patch.sweep(add3_ctx, patch.Params("resid", "clean_to_corrupt", True))
     theirs = tl_sweep(add3_ctx, tlp.get_act_patch_resid_pre)
-    assert_agree(ours.patched, theirs, ours.base.base)
-    assert float((theirs - ours.base.base).abs().max()) > 1.0
+    assert_agree(ours.patched, theirs, ours.baseline.base)
+    assert float((theirs - ours.baseline.base).abs().max()) > 1.0
 
 
 @pytest.mark.parametrize("port", ["q", "k", "v"])
@@ -201,7 +191,7 @@ def test_path_patching_matches_transformer_lens_direct_path(
         ours = path_patch.sweep(tiny_ctx, path_patch.Params(
             f"a0.{src}", f"a1.*<{port}>", each_sender=False, direction="clean_to_corrupt"))
         values = torch.tensor([ours.scores[f"a1.{h}<{port}>"] for h in range(n_heads)])
-        assert_agree(values, theirs[1].cpu(), ours.base.base)
+        assert_agree(values, theirs[1].cpu(), ours.baseline.base)
     assert not tiny.bridge.cfg.use_split_qkv_input  # TransformerLens restored its flag
 
 
@@ -218,6 +208,19 @@ def test_path_patching_from_every_upstream_source_equals_patching_the_input(
     by_input = engine.logits([Ablation(r, "resample")])
     assert torch.allclose(by_paths, by_input, atol=1e-5, rtol=0)
     assert float((by_input - engine.clean_logits).abs().max()) > 1e-3
+
+
+def test_path_patching_identity_is_exact_in_float64() -> None:
+    """In float64 the identity holds to rounding (1e-9), so the 1e-5 above is float32 noise."""
+    model = load_model("add3", device="cpu", dtype="float64")
+    ctx = context(model, addition(16))
+    r = parse_node("a1.1<k>")
+    by_paths = path_patch.PathRunner(ctx.engine).logits(list(ctx.graph.upstream(r)), [r])
+    assert by_paths.dtype == torch.float64
+    assert torch.allclose(by_paths, ctx.engine.logits([Ablation(r, "resample")]), atol=1e-9,
+                          rtol=0)
+    sw = patch.sweep(ctx, patch.Params("head_k", "clean_to_corrupt"))
+    assert sw.patched.isfinite().all()
 
 
 def test_path_patching_into_logits_from_everything_is_the_corrupted_run(
@@ -237,7 +240,8 @@ def test_restarted_path_run_equals_the_full_edge_forward(
     r = path_patch.receivers_of(receivers, graph)
     restarted = path_patch.PathRunner(engine).logits(s, r)
     with torch.no_grad():
-        full = engine.edge_logits(path_patch.keep_mask(graph, s, r), "resample")
+        keep = path_patch.keep_mask(graph, s, r).to(engine.weights.W_E.dtype)
+        full = engine.edge_logits(keep, "resample")
     assert torch.allclose(restarted, full, atol=1e-5, rtol=0)
     assert float((full - engine.clean_logits).abs().max()) > 1e-4
 

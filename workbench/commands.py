@@ -290,7 +290,11 @@ def _check_prompts(cmd: Command) -> None:
 
 
 def _check_metric(cmd: Command) -> None:
-    _choice("metric", cmd.args[0], METRICS)
+    """Built-in names are checked with a did-you-mean; another identifier may be a metric
+    function the session was given, which only the session knows."""
+    name = cmd.args[0]
+    if not name.isidentifier() or (name not in METRICS and _suggest(name, METRICS)):
+        _choice("metric", name, METRICS)
 
 
 def _check_ablate(cmd: Command) -> None:

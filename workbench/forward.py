@@ -62,16 +62,27 @@ class Activations:
                            self.post[:, index], self.resid_pre[:, index],
                            self.resid_mid[:, index])
 
-    def deltas_from(self, ablated: Activations, w: Weights) -> list[Tensor]:
-        """This run's outputs minus `ablated`'s, per source group (n, batch, pos, d) in graph
-        order (input; each layer's heads; its MLP): the layout `State.deltas` and the probe use.
-        """
-        groups = [(self.embed - ablated.embed).unsqueeze(0)]
-        for layer in range(self.z.shape[0]):
-            heads = self.head_out(w, layer) - ablated.head_out(w, layer)
-            groups.append(heads.permute(2, 0, 1, 3))
-            groups.append((self.mlp_out[layer] - ablated.mlp_out[layer]).unsqueeze(0))
-        return groups
+    def deltas_from(self, ablated: Activations, w: Weights) -> Tensor:
+        """(n_sources, batch, pos, d): this run's source outputs minus `ablated`'s, in graph
+        order (input; each layer's heads; its MLP). W_O is linear, so each head's delta is
+        (z - z_ablated) @ W_O; `groups` splits the result into `State.deltas` groups."""
+        n_layers, batch, n_pos, n_heads, _ = self.z.shape
+        d = self.embed.shape[-1]
+        out = torch.empty(1 + n_layers * (n_heads + 1), batch, n_pos, d,
+                          dtype=self.embed.dtype, device=self.embed.device)
+        out[0] = self.embed - ablated.embed
+        for layer in range(n_layers):
+            at = 1 + layer * (n_heads + 1)
+            dz = self.z[layer] - ablated.z[layer]  # (batch, pos, head, d_head)
+            out[at: at + n_heads] = torch.einsum("bphe,hed->hbpd", dz, w.W_O[layer])
+            out[at + n_heads] = self.mlp_out[layer] - ablated.mlp_out[layer]
+        return out
+
+    @staticmethod
+    def groups(deltas: Tensor, n_heads: int) -> list[Tensor]:
+        """Dense deltas -> per-group views (input, then each layer's heads and MLP)."""
+        n_layers = (deltas.shape[0] - 1) // (n_heads + 1)
+        return list(deltas.split([1] + [n_heads, 1] * n_layers))
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class Patch:
     # A zero-valued probe per edge: receiver r reads + sum_s probe[s, r] * probe_deltas[s].
     # It changes nothing; its gradient is (fixed delta) . dM/d(input of r): EAP and EAP-IG.
     probe: Tensor | None = None  # (n_edges,), requires grad
-    probe_deltas: tuple[Tensor, ...] = ()  # per source group (n, batch, pos, d), like State
+    probe_deltas: Tensor | None = None  # (n_sources, batch, pos, d) fixed deltas
 
 
 @dataclass
@@ -95,6 +106,57 @@ class State:
 
     resid_pre: list[Tensor] = field(default_factory=list)  # resid_pre[L] for computed layers
     deltas: list[Tensor] = field(default_factory=list)  # per source group (n, batch, pos, d)
+
+
+@dataclass
+class Capture:
+    """Tensors `run` keeps so that one backward gives the gradient at every receiver's input.
+
+    Every receiver of a layer reads the same residual in a plain run, so instead of giving each
+    head its own copy of the input (and LayerNorm), the run keeps each head's q, k, v and each
+    LayerNorm output; `input_grads` maps their gradients back through W_Q/W_K/W_V and the
+    LayerNorm Jacobian, which is shared by all copies.
+    """
+
+    attn_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
+    qkv: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (b, p, head, e)
+    mlp_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
+    mlp_ln: list[Tensor] = field(default_factory=list)
+    final_in: Tensor | None = None  # (batch, n_answer, d) at the answer positions
+    final_ln: Tensor | None = None
+
+    def input_grads(self, w: Weights, answer_pos: Tensor, n_pos: int
+                    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """After backward: d/d(input) of each layer's q/k/v receivers (batch, pos, 3, head, d),
+        of each MLP (batch, pos, d), and of the logits (batch, pos, d)."""
+        attn, mlp = [], []
+        for layer, (q, k, v) in enumerate(self.qkv):
+            g = torch.stack([
+                torch.einsum("bphe,hde->bphd", t.grad, m[layer])  # type: ignore[arg-type]
+                for t, m in ((q, w.W_Q), (k, w.W_K), (v, w.W_V))], dim=2)
+            attn.append(ln_backward(self.attn_in[layer][:, :, None, None, :], g, w.eps))
+            mlp.append(ln_backward(self.mlp_in[layer], self.mlp_ln[layer].grad, w.eps))  # type: ignore[arg-type]
+        assert self.final_in is not None and self.final_ln is not None
+        g_final = ln_backward(self.final_in, self.final_ln.grad, w.eps)  # type: ignore[arg-type]
+        logits = torch.zeros(g_final.shape[0], n_pos, g_final.shape[-1], dtype=g_final.dtype,
+                             device=g_final.device)
+        logits.scatter_add_(1, answer_pos.unsqueeze(-1).expand_as(g_final), g_final)
+        return attn, mlp, logits
+
+
+def ln_backward(x: Tensor, g: Tensor, eps: float) -> Tensor:
+    """Gradient at the input of the folded LayerNorm `ln` at x, given the gradient g at its
+    output: (g - mean(g) - y * mean(g * y)) / scale, with y = ln(x)."""
+    c = x - x.mean(-1, keepdim=True)
+    scale = (c.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    y = c / scale
+    return (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)) / scale
+
+
+def _keep(t: Tensor, capture: Capture | None) -> Tensor:
+    if capture is not None and t.requires_grad:
+        t.retain_grad()
+    return t
 
 
 def embed(w: Weights, tokens: Tensor) -> Tensor:
@@ -165,13 +227,14 @@ class Forward:
 
     def run(self, tokens: Tensor, answer_pos: Tensor, patch: Patch | None = None,
             values: dict[Mode, Activations] | None = None, start: int = 0,
-            state: State | None = None, record: bool = False,
+            state: State | None = None, record: bool = False, capture: Capture | None = None,
             ) -> tuple[Tensor, State, Activations | None]:
         """Answer logits (batch, n_answer, vocab), the state to restart from, and (if
         `record`) every source's output of this run.
 
         `start > 0` needs `state` from an earlier run whose interventions before `start`
-        were the same.
+        were the same. `capture` (plain runs with shared inputs) keeps what receiver gradients
+        need.
         """
         w, lay, patch = self.w, self.layout, patch or Patch()
         values = values or {}
@@ -186,6 +249,8 @@ class Forward:
                 resid = self._replace(resid, patch.node[:, 0], values, lambda a: a.embed)
             if edge_abl is not None:
                 new.deltas.append(_minus(resid, edge_abl.embed).unsqueeze(0))
+            if capture is not None:  # a leaf, so that the run builds a graph to differentiate
+                resid = resid.detach().requires_grad_(True)
             embed_out = resid
         else:
             assert state is not None and len(state.resid_pre) > start
@@ -197,7 +262,9 @@ class Forward:
         for layer in range(start, w.n_layers):
             new.resid_pre.append(resid)
             x = self._attn_inputs(resid, layer, patch, values, new.deltas)
-            z = self._attention(x, layer)  # (batch, pos, head, d_head)
+            if capture is not None:
+                capture.attn_in.append(x)
+            z = self._attention(x, layer, capture)  # (batch, pos, head, d_head)
             heads = torch.einsum("bphe,hed->bphd", z, w.W_O[layer])
             if patch.node is not None:
                 src = lay.head_source(layer, 0)
@@ -210,7 +277,11 @@ class Forward:
             mid = resid + heads.sum(2) + w.b_O[layer]
             x = self._receiver_input(mid, lay.mlp_receiver(layer), patch, values, "mid", layer)
             x = self._edge_input(x, patch, new.deltas, lambda k, L=layer: lay.mlp_keep(k, L))
-            post = w.act(ln(x, w.eps) @ w.W_in[layer] + w.b_in[layer])
+            h = ln(x, w.eps)
+            if capture is not None:
+                capture.mlp_in.append(x)
+                capture.mlp_ln.append(_keep(h, capture))
+            post = w.act(h @ w.W_in[layer] + w.b_in[layer])
             if patch.neuron is not None:
                 post = self._replace(post, patch.neuron[:, layer].transpose(1, 2), values,
                                      lambda a, L=layer: a.post[L])
@@ -228,7 +299,10 @@ class Forward:
         x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
         x = self._edge_input(x, patch, new.deltas, lay.logits_keep)
         x = x.gather(1, answer_pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        logits = ln(x, w.eps) @ w.W_U + w.b_U
+        h = ln(x, w.eps)
+        if capture is not None:
+            capture.final_in, capture.final_ln = x, _keep(h, capture)
+        logits = h @ w.W_U + w.b_U
         acts = None
         if record:
             assert start == 0 and embed_out is not None
@@ -271,7 +345,8 @@ class Forward:
         if patch.edge is not None:
             x = x - _mix(deltas, 1 - block(patch.edge), rows=patch.edge.dim() == 2)
         if patch.probe is not None:
-            x = x + _mix(list(patch.probe_deltas), block(patch.probe), rows=False)
+            assert patch.probe_deltas is not None
+            x = x + _mix(patch.probe_deltas, block(patch.probe), rows=False)
         return x
 
     def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
@@ -288,13 +363,15 @@ class Forward:
                 out = out + r[m][None, :, None] * abl
         return out
 
-    def _attention(self, x: Tensor, layer: int) -> Tensor:
+    def _attention(self, x: Tensor, layer: int, capture: Capture | None = None) -> Tensor:
         w = self.w
         if x.dim() == 3:  # one shared input
             h = ln(x, w.eps)
             q = torch.einsum("bpd,hde->bphe", h, w.W_Q[layer])
             k = torch.einsum("bpd,hde->bphe", h, w.W_K[layer])
             v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer])
+            if capture is not None:
+                capture.qkv.append((_keep(q, capture), _keep(k, capture), _keep(v, capture)))
         else:  # (batch, pos, 3, head, d): each head reads its own q, k, v input
             h = ln(x, w.eps)
             q = torch.einsum("bphd,hde->bphe", h[:, :, 0], w.W_Q[layer])
@@ -338,28 +415,31 @@ def _minus(live: Tensor, ablated: Tensor) -> Tensor:
     return (live.view(rows // b, b, *live.shape[1:]) - ablated).flatten(0, 1)
 
 
-def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
-    """sum over upstream sources s of coef[s, ...] * delta_s, group by group.
+def _mix(deltas: Tensor | list[Tensor], coef: Tensor, rows: bool) -> Tensor:
+    """sum over upstream sources s of coef[s, ...] * delta_s.
 
-    deltas: per group (n_g, batch, pos, d); coef: (n_upstream, ...), or with `rows`
-    (R, n_upstream, ...) giving each row its own coefficients. A group whose batch is smaller
-    than R (shared below an ACDC restart) broadcasts over the R // batch replicas. Group-wise
-    einsums keep autograd free of in-place writes.
+    deltas: one (n_sources, batch, pos, d) tensor, or per-group tensors (n_g, batch, pos, d)
+    in source order; coef: (n_upstream, ...), or with `rows` (R, n_upstream, ...) giving each
+    row its own coefficients (ACDC's candidates), where a group whose batch is smaller than R
+    (shared below the restart) broadcasts over the R // batch replicas.
     """
+    if not rows:
+        n_up = coef.shape[0]
+        dense = deltas if isinstance(deltas, Tensor) else _prefix(deltas, n_up)
+        return _dense_mix(dense[:n_up], coef)
+    assert isinstance(deltas, list)
     total, at = None, 0
-    n_up = coef.shape[1] if rows else coef.shape[0]
-    extra = "".join("xyz"[i] for i in range(coef.dim() - (2 if rows else 1)))
+    n_up = coef.shape[1]
+    extra = "".join("xyz"[i] for i in range(coef.dim() - 2))
     for d in deltas:
         n = d.shape[0]
         if at >= n_up:
             break
-        c = coef[:, at: at + n] if rows else coef[at: at + n]
+        c = coef[:, at: at + n]
         at += n
         if not c.requires_grad and not bool(c.any()):
             continue
-        if not rows:
-            term = torch.einsum(f"nbpd,n{extra}->bp{extra}d", d, c)
-        elif c.shape[0] == d.shape[1]:
+        if c.shape[0] == d.shape[1]:
             term = torch.einsum(f"nbpd,bn{extra}->bp{extra}d", d, c)
         else:  # shared group: (R, ...) = (K replicas x batch)
             k = c.shape[0] // d.shape[1]
@@ -369,3 +449,27 @@ def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
     if total is None:
         return torch.zeros((), dtype=coef.dtype, device=coef.device)
     return total
+
+
+def _prefix(groups: list[Tensor], n_up: int) -> Tensor:
+    """The first n_up sources of per-group deltas as one contiguous tensor."""
+    taken, at = [], 0
+    for g in groups:
+        if at >= n_up:
+            break
+        taken.append(g)
+        at += g.shape[0]
+    return taken[0] if len(taken) == 1 else torch.cat(taken)
+
+
+def _dense_mix(deltas: Tensor, coef: Tensor) -> Tensor:
+    """One GEMM: (n, batch, pos, d) and (n, *extra) -> (batch, pos, *extra, d).
+
+    (extra, n) @ (n, batch*pos*d) reads the deltas in place (no permuted copy); the result is
+    viewed back with the receiver axes before d.
+    """
+    n, b, p, d = deltas.shape
+    extra = coef.shape[1:]
+    out = coef.reshape(n, -1).T @ deltas.reshape(n, b * p * d)  # (prod(extra), b*p*d)
+    out = out.view(*extra, b, p, d)
+    return out.movedim(tuple(range(len(extra))), tuple(range(2, 2 + len(extra))))

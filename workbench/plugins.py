@@ -106,8 +106,9 @@ class EdgeScores:
                 "n": int(self.values.numel()), "top": [[str(e), round(v, 6)] for e, v in top]}
 
     def ranked(self) -> list[tuple[Edge, float]]:
-        order = torch.argsort(self.values.abs(), descending=True, stable=True)
-        return [(self.graph.edges[i], float(self.values[i])) for i in order.tolist()]
+        values = self.values.detach()
+        order = torch.argsort(values.abs(), descending=True, stable=True)
+        return [(self.graph.edges[i], float(values[i])) for i in order.tolist()]
 
 
 @dataclass(frozen=True)

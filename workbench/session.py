@@ -141,7 +141,7 @@ class Session:
         n = len(self.outcomes) + 1
         text = str(line).strip()
         try:
-            cmd = line if isinstance(line, Command) else self._parse(line)
+            cmd = line if isinstance(line, Command) else parse(line)
             if cmd is None:
                 return Outcome(n=0, cmd="", ok=True)
             text = cmd.text
@@ -167,17 +167,6 @@ class Session:
         self.outcomes.append(outcome)
         self._append_log(outcome)
         return outcome
-
-    def _parse(self, line: str) -> Command | None:
-        """`parse`, plus `metric NAME` for the metric functions this session was given (the
-        parser is stateless and only knows the built-in metric names)."""
-        try:
-            return parse(line)
-        except WorkbenchError:
-            words = line.split("#", 1)[0].split()
-            if len(words) == 2 and words[0].lower() == "metric" and words[1] in self.metric_fns:
-                return Command("metric", (words[1],), (), f"metric {words[1]}")
-            raise
 
     # -- verbs -------------------------------------------------------------------------------
 

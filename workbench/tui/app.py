@@ -6,11 +6,11 @@ the command line; the footer. `:` focuses the command line, `?` lists every key 
 Ctrl+P opens the command palette.
 
 Flow: every action -- a keypress in the grid, a line typed, a palette entry -- becomes a
-command line passed to `submit`. One worker thread (`_drain`) executes queued lines in order
-through `Session.execute` with a `progress` callback feeding the progress bar and a
-`cancelled` callback that Esc sets; after each it builds the views (`views.build_snapshot`) and
-posts `CommandFinished`. The main thread only renders. Loading or resuming the session runs
-the same way (`_boot`), so the UI never freezes.
+command line passed to `submit`; `runner.SessionRunner` (the base class) executes queued lines
+one at a time in a thread worker through `Session.execute`, feeding the progress bar and
+honouring Esc, and posts the outcome and the views built for the new state. This class lays
+out the panes and brings them up to date from those messages; the main thread only renders.
+Loading or resuming the session runs in the worker too, so the UI never freezes.
 
 Invariants: the session changes only inside `Session.execute`, so everything done here is in
 the session file and replays with `workbench replay`; a failure anywhere in a callback is shown
@@ -20,26 +20,27 @@ as a one-line notification, never a traceback.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
 from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 
-from workbench.errors import WorkbenchError
 from workbench.session import Outcome, Session
-from workbench.tui.boot import open_session
 from workbench.tui.command_line import CommandLine
 from workbench.tui.completion import complete
 from workbench.tui.graph_layout import GraphLayout, layout_for
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.keys import bindings, load_keymap
-from workbench.tui.messages import Booted, BootFailed, CommandFinished, CommandStarted, Progress
+from workbench.tui.messages import (
+    Booted,
+    BootFailed,
+    CommandFinished,
+    CommandStarted,
+    Progress,
+    PromptsReady,
+)
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import HeadGrid
@@ -48,7 +49,8 @@ from workbench.tui.panes.performance import PerformancePane
 from workbench.tui.panes.prompts import PromptsPane
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import circuit_of
-from workbench.tui.views import Snapshot, build_snapshot, card_view, grid_view
+from workbench.tui.runner import SessionRunner
+from workbench.tui.views import Snapshot, card_view, grid_view
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ CSS = """
 """
 
 
-class WorkbenchApp(App[None]):
+class WorkbenchApp(SessionRunner):
     """The workbench on one session. Give it a `Session` (tests, notebooks) or what to open."""
 
     TITLE = "Circuit Workbench"
@@ -75,20 +77,12 @@ class WorkbenchApp(App[None]):
     def __init__(self, session: Session | None = None, *, model: str | None = None,
                  session_path: Path | None = None, device: str = "auto",
                  download: bool = False, keymap: dict[str, str] | None = None) -> None:
-        super().__init__()
-        self.session: Session | None = None
-        self._given = session
-        self._open_args = (model, session_path, device, download)
+        super().__init__(session, model=model, session_path=session_path, device=device,
+                         download=download)
         self.keymap, self._key_problems = (keymap, []) if keymap is not None else load_keymap()
-        self.ready = False  # the model is resident and the first views are shown
-        self.busy = False
         self.history: list[float] = []  # performance % after each change, for the sparkline
         self.selected_result: str | None = None
         self.graph_source: tuple[str, ...] | None = None
-        self._queue: deque[str] = deque()
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
-        self._worker_last: Snapshot | None = None
         self.snapshot: Snapshot | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -114,36 +108,12 @@ class WorkbenchApp(App[None]):
         yield CommandLine(self._complete, id="command")
         yield Footer()
 
-    def on_unmount(self) -> None:
-        self._queue.clear()
-        self._cancel.set()  # a technique still running in the worker stops at its next check
-
     def on_mount(self) -> None:
         self.set_keymap(self.keymap)
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
         self._boot()
-
-    # -- opening the session ------------------------------------------------------------------
-
-    @work(thread=True, exit_on_error=False, group="session")
-    def _boot(self) -> None:
-        try:
-            if self._given is not None:
-                session, outcomes = self._given, list(self._given.outcomes)
-            else:
-                model, path, device, download = self._open_args
-                self.post_message(Progress(None, f"loading {model or 'the default model'}"))
-                session, outcomes = open_session(model, path, device, self._progress(),
-                                                 self._cancel.is_set, download)
-            snapshot = self._build(session, None)
-            self.post_message(Booted(session, snapshot, outcomes))
-        except WorkbenchError as exc:
-            self.post_message(BootFailed(str(exc)))
-        except Exception as exc:  # a bug must not leave a traceback on the user's terminal
-            log.exception("opening the session failed")
-            self.post_message(BootFailed(f"cannot open the session: {exc}"))
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -163,12 +133,7 @@ class WorkbenchApp(App[None]):
         self._status(one_line(f"could not open the session: {message.error}"))
         self.notify(one_line(message.error), severity="error")
 
-    # -- running commands ---------------------------------------------------------------------
-
-    def submit(self, line: str) -> None:
-        """Queue one command line for `Session.execute` (the only way the UI changes state)."""
-        self._queue.append(line)
-        self._start_drain()
+    # -- following the worker -----------------------------------------------------------------
 
     def prefill(self, line: str) -> None:
         """Put `line` on the command line and focus it (for the palette)."""
@@ -176,53 +141,6 @@ class WorkbenchApp(App[None]):
         command.value = line
         command.cursor_position = len(line)
         command.focus()
-
-    def _start_drain(self) -> None:
-        with self._lock:
-            if self.busy or self.session is None or not self._queue:
-                return
-            self.busy = True
-        self._drain()
-
-    @work(thread=True, exit_on_error=False, group="session")
-    def _drain(self) -> None:
-        session = self.session
-        assert session is not None
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self.busy = False
-                    return
-                line = self._queue.popleft()
-            self._cancel.clear()
-            self.post_message(CommandStarted(line))
-            try:
-                outcome = session.execute(line, progress=self._progress(),
-                                          cancelled=self._cancel.is_set)
-            except Exception as exc:  # a bug in the core or a plugin: one line, no traceback
-                log.exception("command %r failed", line)
-                outcome = Outcome(n=0, cmd=line, ok=False, error=f"internal error: {exc}")
-            self.post_message(CommandFinished(outcome, self._build(session, outcome)))
-
-    def _build(self, session: Session, outcome: Outcome | None) -> Snapshot:
-        try:
-            self._worker_last = build_snapshot(session, outcome, self._worker_last)
-        except Exception as exc:
-            log.exception("building the views failed")
-            self._worker_last = Snapshot(None, problem=f"cannot show this state: {exc}")
-        return self._worker_last
-
-    def _progress(self) -> Callable[[float, str], None]:
-        """A throttled progress callback for the worker (at most ~20 messages a second)."""
-        last = [0.0]
-
-        def report(fraction: float, text: str) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 0.05 or fraction >= 1.0:
-                last[0] = now
-                self.post_message(Progress(fraction, text))
-
-        return report
 
     def on_command_started(self, message: CommandStarted) -> None:
         self._status(f"running: {message.line}   (Esc cancels)")
@@ -248,6 +166,11 @@ class WorkbenchApp(App[None]):
         if not self._queue:
             self._set_running(False)
             self._status("ready")
+
+    def on_prompts_ready(self, message: PromptsReady) -> None:
+        if self.snapshot is not None and message.snapshot.key == self.snapshot.key:
+            self.snapshot = message.snapshot
+            self.query_one(PromptsPane).show_prompts(message.snapshot.prompts)
 
     def _record(self, outcome: Outcome, quiet: bool = False) -> None:
         """Log an outcome and follow it: select new results and circuits."""
@@ -286,12 +209,13 @@ class WorkbenchApp(App[None]):
         self.query_one(PerformancePane).show(snapshot.perf, tuple(self.history))
         prompts = self.query_one(PromptsPane)
         prompts.show_card(card_view(state, str(session.path) if session.path else None))
-        prompts.show_prompts(snapshot.prompts, snapshot.problem)
+        if snapshot.prompts is not None or snapshot.problem is not None:
+            prompts.show_prompts(snapshot.prompts, snapshot.problem)  # else: PromptsReady
         ids = [rid for rid, _ in state.results]
         if self.selected_result not in ids:
             self.selected_result = ids[-1] if ids else None
         result = dict(state.results).get(self.selected_result or "")
-        self.query_one(HeadGrid).show(grid_view(state, result))
+        self.query_one(HeadGrid).show(grid_view(state, result), "no model: try  load add3")
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
@@ -305,27 +229,20 @@ class WorkbenchApp(App[None]):
 
     def _set_running(self, running: bool) -> None:
         bar = self.query_one(ProgressBar)
+        if running == bar.has_class("running"):
+            return
         bar.set_class(running, "running")
         if running:
             bar.update(total=None)
+        self.refresh_bindings()  # Esc (cancel) shows in the footer only while work runs
 
     def _complete(self, line: str) -> list[str]:
         return complete(line, self.session)
 
     # -- actions and widget messages ----------------------------------------------------------
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "cancel":  # let Esc through to the focused widget when nothing runs
-            return self.busy or not self.ready
-        return True
-
-    def action_cancel(self) -> None:
-        dropped = len(self._queue)
-        self._queue.clear()
-        self._cancel.set()
+    def show_cancelling(self) -> None:
         self._status("cancelling...")
-        if dropped:
-            self.notify(f"dropped {dropped} queued command(s)", severity="warning")
 
     def action_command(self, line: str) -> None:
         self.submit(line)

@@ -137,7 +137,8 @@ def _nodes(session: Session | None) -> list[str]:
     """Node names and patterns of the loaded model, in topological order."""
     if session is None or session.state.model is None:
         return []
-    graph = Graph.of(session.state.model.card)
+    graph = Graph.from_sizes(session.state.model.card.n_layers,
+                             session.state.model.card.n_heads)
     names = [str(n) for n in graph.nodes if n.kind not in ("input", "logits")]
     patterns = [f"a{layer}.*" for layer in range(graph.n_layers)] + ["a*.*", "m*"]
     return names + patterns

@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.keys import format_key
 
 __all__ = ["KEYS", "KeySpec", "bindings", "keymap_path", "keys_now", "load_keymap"]
@@ -85,7 +85,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("grid.down", "down,j", "move(0, 1)", "cursor down a layer"),
     KeySpec("grid.left", "left,h", "move(-1, 0)", "cursor left a head"),
     KeySpec("grid.right", "right,l", "move(1, 0)", "cursor right a head"),
-    KeySpec("grid.toggle", "enter,space", "toggle", "ablate / restore the cell under the cursor",
+    KeySpec("grid.toggle", "enter,space", "flip", "ablate / restore the cell under the cursor",
             True, short="toggle"),
     # circuit graph (when focused)
     KeySpec("graph.prev", "left,up", "step(-1)", "select the previous node"),
@@ -107,7 +107,7 @@ _BY_ID = {spec.id: spec for spec in KEYS}
 assert len(_BY_ID) == len(KEYS), "binding ids must be unique"
 
 
-def bindings(area: str) -> list[Binding]:
+def bindings(area: str) -> list[BindingType]:
     """The `BINDINGS` list for one screen area (`app`, `grid`, `graph`, `cmdline`, `help`)."""
     return [spec.binding() for spec in KEYS if spec.area == area]
 

@@ -2,7 +2,8 @@
 
 Flow: the app queues command lines; its worker thread executes them one at a time through
 `Session.execute` and posts `CommandStarted`, any number of `Progress`, then `CommandFinished`
-(with the outcome and the views built for the new state). Opening the session posts `Booted`
+(with the outcome and the performance view for the new state) and, when the prompt answers
+changed, `PromptsReady`. Opening the session posts `Booted`
 or `BootFailed`. Tests record these with `App.run_test(message_hook=...)`.
 
 Invariant: the worker never touches a widget; everything it wants shown travels in a message.
@@ -35,6 +36,14 @@ class CommandFinished(Message):
     def __init__(self, outcome: Outcome, snapshot: Snapshot) -> None:
         super().__init__()
         self.outcome = outcome
+        self.snapshot = snapshot
+
+
+class PromptsReady(Message):
+    """The prompt table for the state of the last `CommandFinished` (built after it)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
         self.snapshot = snapshot
 
 

@@ -1,7 +1,8 @@
 """What the panes show, as plain frozen data built from the session (no Textual here).
 
 Where it sits: between the headless core and the widgets. The app's worker thread calls
-`build_snapshot` after every command (it may run forward passes through the ablation engine);
+`build_snapshot` after every command, then `with_prompts` (both may run forward passes through
+the ablation engine, so performance is shown before the prompt table is built);
 the main thread calls the cheap builders (`card_view`, `grid_view`) straight from the immutable
 `State`. Widgets only render these values: no widget computes anything or touches the engine.
 
@@ -13,7 +14,7 @@ executes a command, so looking never changes the session or its log.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from workbench.errors import WorkbenchError
@@ -129,8 +130,11 @@ class Snapshot:
 
 
 def build_snapshot(session: Session, outcome: Outcome | None, last: Snapshot | None,
-                   limit: int = 64) -> Snapshot:
-    """Views for the state after `outcome`; reuses `last` when nothing they depend on changed."""
+                   limit: int = 64, prompts: bool = True) -> Snapshot:
+    """Views for the state after `outcome`; reuses `last` when nothing they depend on changed.
+
+    With `prompts=False` the prompt table is left out (`prompts` None) so performance can be
+    shown first; `with_prompts` adds it afterwards."""
     state = session.state
     if state.model is None or state.prompts is None:
         why = "no model loaded" if state.model is None else \
@@ -144,7 +148,15 @@ def build_snapshot(session: Session, outcome: Outcome | None, last: Snapshot | N
         perf = PerfView.from_out(outcome.out)
     else:
         perf = perf_now(session)
-    return Snapshot(key, perf, prompt_table(session, limit))
+    snapshot = Snapshot(key, perf)
+    return with_prompts(session, snapshot, limit) if prompts else snapshot
+
+
+def with_prompts(session: Session, snapshot: Snapshot, limit: int = 64) -> Snapshot:
+    """`snapshot` with its prompt table (one forward pass at most, usually just the unembed)."""
+    if snapshot.prompts is not None or snapshot.key is None:
+        return snapshot
+    return replace(snapshot, prompts=prompt_table(session, limit))
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,7 @@ def grid_view(state: State, result: Result | None) -> GridView | None:
     """Grid for the current model, ablations and the selected result's node scores."""
     if state.model is None:
         return None
-    graph = Graph.of(state.model.card)
+    graph = Graph.from_sizes(state.model.card.n_layers, state.model.card.n_heads)
     whole: set[str] = set()
     partial: set[str] = set()
     for ab in state.ablations:

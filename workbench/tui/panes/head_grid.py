@@ -71,9 +71,11 @@ class HeadGrid(Widget, can_focus=True):
         super().__init__(id=id)
         self.view: GridView | None = None
         self.cursor: tuple[int, int] = (0, 0)
+        self.placeholder = "loading the model..."
 
-    def show(self, view: GridView | None) -> None:
+    def show(self, view: GridView | None, placeholder: str = "") -> None:
         self.view = view
+        self.placeholder = placeholder or self.placeholder
         if view is not None:
             col, row = self.cursor
             self.cursor = (min(col, view.n_heads), min(row, max(view.n_layers - 1, 0)))
@@ -98,7 +100,7 @@ class HeadGrid(Widget, can_focus=True):
     def render(self) -> Text:
         v = self.view
         if v is None:
-            return Text("loading the model...", style="dim")
+            return Text(self.placeholder, style="dim")
         out = Text(no_wrap=True)
         out.append(" " * LABEL)
         for h in range(v.n_heads):
@@ -140,7 +142,7 @@ class HeadGrid(Widget, can_focus=True):
         self._scroll_to_cursor()
         self.refresh()
 
-    def action_toggle(self) -> None:
+    def action_flip(self) -> None:
         node = self.cursor_node
         if node is None or self.view is None:
             return
@@ -155,7 +157,7 @@ class HeadGrid(Widget, can_focus=True):
                 0 <= row < self.view.n_layers:
             self.cursor = (col, row)
             self.focus()
-            self.action_toggle()
+            self.action_flip()
             self.refresh()
 
     def _scroll_to_cursor(self) -> None:
