@@ -303,8 +303,9 @@ def run_worker(job: dict[str, Any], timeout: int) -> dict[str, Any]:
         return {"method": job["method"], "error": f"timeout {timeout}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"method": job["method"], "error": f"exit {proc.returncode}: {tail}"}
+        tail = (proc.stderr.strip().splitlines() or ["no output"])
+        return {"method": job["method"], "error": f"exit {proc.returncode}: {tail[-1]}",
+                "stderr_tail": tail[-15:]}
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -292,9 +292,9 @@ def run_worker(job: dict[str, Any], timeout: int) -> dict[str, Any]:
         return {"job": job["name"], "method": job["method"], "error": f"timeout {timeout}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (proc.stderr.strip().splitlines() or ["no output"])
         return {"job": job["name"], "method": job["method"],
-                "error": f"exit {proc.returncode}: {tail}"}
+                "error": f"exit {proc.returncode}: {tail[-1]}", "stderr_tail": tail[-15:]}
     row = json.loads(lines[-1][len("RESULT "):])
     row["process_s"] = time.perf_counter() - t0
     return row

@@ -86,6 +86,8 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
         candidates = [e for e in reversed(incoming) if keep[e] > 0]
         at, width = 0, 2  # adaptive batch: grows while tests say "remove"
         while at < len(candidates):
+            if ctx is not None:
+                ctx.check()  # Esc answers within one batched forward
             k = min(len(candidates) - at, width, _replicas(engine, params, start))
             rows = keep.repeat(k, 1)
             for j in range(k):  # replica j removes candidates at..at+j

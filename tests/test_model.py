@@ -183,8 +183,8 @@ def test_hub_name_not_cached_without_download(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_unknown_dtype(tiny_checkpoint: Path) -> None:
-    with pytest.raises(WorkbenchError, match="unknown dtype 'float64': use one of float32"):
-        load_model(str(tiny_checkpoint), dtype="float64")  # type: ignore[arg-type]
+    with pytest.raises(WorkbenchError, match="unknown dtype 'int8': use one of float32"):
+        load_model(str(tiny_checkpoint), dtype="int8")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
