@@ -24,7 +24,8 @@ threads. Run from the repository root:
    FE = method seconds / fused forward seconds; "FE bridge" divides by the bridge forward.
 3. A `baseline` job times plain `transformers` beside the fused and bridge forwards (the
    yardstick shared with the peer, whose own process times the same `transformers` forward).
-4. `--big 128` adds EAP on 128 prompts in one batch (batch_size=128) with its peak memory.
+4. `--big 128` adds EAP on 128 prompts with its peak memory: `eap@128` in the plugin's chunks
+   of `--batch-size` (64) prompts, `eap@128x1` in one batch of 128 (as the peers ran it).
 5. With the peer environment (`--peer`, default /tmp/ac-venv/bin/python when it exists) it runs
    `bench/autocircuit_peer.py` on the same checkpoint and token ids, then compares: times, FE,
    and the EAP / EAP-IG scores (Pearson, Spearman, top-k overlap of |score|, sign).
@@ -318,9 +319,10 @@ def jobs_for(args: argparse.Namespace, inputs: dict[int, Path], scores: Path) ->
         jobs.append({**base, "name": "acdc_l11", "method": "acdc",
                      "inputs": str(inputs[args.prompts]), "acdc_receivers": args.acdc_l11,
                      "acdc_skip_logits": True})
-    if args.big:
-        jobs.append({**base, "name": f"eap@{args.big}", "method": "eap", "warmup": False,
-                     "runs": 1, "inputs": str(inputs[args.big]), "batch_size": args.big})
+    if args.big:  # in the plugin's chunks (batch_size), and in one batch like the peers
+        for name, batch in ((f"eap@{args.big}", args.batch_size), (f"eap@{args.big}x1", args.big)):
+            jobs.append({**base, "name": name, "method": "eap", "warmup": False, "runs": 1,
+                         "inputs": str(inputs[args.big]), "batch_size": batch})
     return jobs
 
 
@@ -509,17 +511,17 @@ def main() -> None:
         print(f"  {json.dumps(rows[-1])[:300]}", file=sys.stderr, flush=True)
     peer: dict[str, Any] = {}
     comparison: dict[str, Any] = {}
+    peer_scores = RESULTS / f"autocircuit_scores_{args.model}_{args.prompts}.safetensors"
     if args.peer:
-        peer_scores = RESULTS / f"autocircuit_scores_{args.model}_{args.prompts}.safetensors"
         peer = run_peer(args, ckpt, inputs[args.prompts], peer_scores)
-        if peer_scores.is_file():
-            from safetensors.torch import load_file
+    if peer_scores.is_file():  # from this run, or an earlier one on the same weights and ids
+        from safetensors.torch import load_file
 
-            theirs = load_file(str(peer_scores))
-            for m in ("eap", "eap_ig"):
-                mine = Path(str(scores).replace(".safetensors", f"_{m}.safetensors"))
-                if m in theirs and mine.is_file():
-                    comparison[m] = compare_scores(load_file(str(mine))["scores"], theirs[m])
+        theirs = load_file(str(peer_scores))
+        for m in ("eap", "eap_ig"):
+            mine = Path(str(scores).replace(".safetensors", f"_{m}.safetensors"))
+            if m in theirs and mine.is_file() and m in args.methods:
+                comparison[m] = compare_scores(load_file(str(mine))["scores"], theirs[m])
     result = {
         "model": args.model, "threads": THREADS, "torch": torch.__version__,
         "python": platform.python_version(), "cpus": os.cpu_count(), "date": started,
