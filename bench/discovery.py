@@ -20,7 +20,9 @@ threads. Run from the repository root:
    "build"), then runs the method through the plugin functions: `edge_attribution` (eap,
    eap_ig with `--ig-steps`), `acdc()` (FE per tested edge from `AcdcStats`; on gpt2-small
    only the last `--acdc-receivers` receivers in ACDC order -- logits, m11, a11.*<v>... --
-   are visited: the full run takes hours on this CPU), `plugins.mask.run` (`--mask-steps`).
+   are visited, the full run takes hours on this CPU; job `acdc_l11` visits the `--acdc-l11`
+   receivers before logits, skipping logits so that their edges are all tested at layer 11),
+   `plugins.mask.run` (`--mask-steps`).
    FE = method seconds / fused forward seconds; "FE bridge" divides by the bridge forward.
 3. A `baseline` job times plain `transformers` beside the fused and bridge forwards (the
    yardstick shared with the peer, whose own process times the same `transformers` forward).
@@ -474,12 +476,17 @@ def main() -> None:
                    "last one in discovery.json)")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "wb-discovery"))
     p.add_argument("--timeout", type=int, default=600, help="seconds per worker")
+    p.add_argument("--report", action="store_true", help="only print the tables of the last "
+                   "results (discovery.json, autocircuit.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if str(ROOT) not in sys.path:  # `python bench/discovery.py` from anywhere
         sys.path.insert(0, str(ROOT))
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+    if args.report:
+        report(json.loads((RESULTS / "discovery.json").read_text())[args.model])
         return
     args.methods = [m for m in args.methods.split(",") if m]
     small = args.model == "gpt2-small"
@@ -544,8 +551,19 @@ def main() -> None:
         result["score_comparison"] = {**old.get("score_comparison", {}), **comparison}
     everything[args.model] = result
     path.write_text(json.dumps(everything, indent=2) + "\n")
-    print(table(rows, peer))
-    for m, c in comparison.items():
+    report(everything[args.model])
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print one model's tables from its discovery.json entry (and autocircuit.json)."""
+    peer = result.get("peer") or {}
+    path = RESULTS / "autocircuit.json"
+    if not peer and path.is_file():  # the peer ran on its own (same weights and token ids)
+        peer = json.loads(path.read_text()).get(result["model"], {})
+    print(f"{result['model']}: torch {result['torch']}, {result['threads']} threads, load "
+          f"average {result['load_average_at_start']} at the start of the last run")
+    print(table(result["rows"], peer))
+    for m, c in result.get("score_comparison", {}).items():
         print(f"{m} scores vs auto-circuit: pearson {c['pearson']:.4f}, spearman "
               f"{c['spearman']:.4f} (|score| {c['spearman_abs']:.4f}), top-k overlap "
               f"{c['topk_overlap']}, sign {c['sign_of_theirs']}, rel. L2 diff "

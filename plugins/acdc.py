@@ -34,7 +34,7 @@ from torch import Tensor
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Activations, Mode, Patch, State
-from workbench.graph import Circuit, Node
+from workbench.graph import INPUT, Circuit, Edge, Node
 from workbench.metrics import metric_per_prompt
 from workbench.plugins import CircuitResult, Context, Technique
 from workbench.tasks.encode import EncodedPrompts
@@ -77,7 +77,7 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
         if ctx is not None:
             ctx.check()
             ctx.progress(i / len(receivers), f"ACDC: {receiver} ({tested} edges tested)")
-        first = graph.edge_index[next(e for e in graph.edges if e.dst == receiver)]
+        first = graph.edge_index[Edge(INPUT, receiver)]  # every receiver reads input first
         incoming = list(range(first, first + graph.n_upstream(receiver)))
         if receiver.kind != "logits" and not keep[outgoing[receiver.base()]].any():
             keep[incoming] = 0.0  # its output is read by nothing kept: exact, untested

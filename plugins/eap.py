@@ -21,6 +21,7 @@ Cost: EAP 1 forward + 1 backward beyond the engine's 2 cached forwards; EAP-IG `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,7 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
         sub = enc.subset(rows)
         n_pos = sub.clean.shape[1]
         values = {m: engine.values[m].rows(rows) for m in MODES}
-        grads: tuple[list[Tensor], list[Tensor], Tensor] | None = None
+        deltas = engine.clean.rows(rows).deltas_from(values[mode], w)
         for alpha in alphas:
             if ctx is not None:
                 ctx.check()
@@ -68,34 +69,30 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
                 reference = engine.clean_logits[rows]
                 value = metric_per_prompt(metric, logits, sub, reference)  # type: ignore[arg-type]
                 value.sum().backward()
-            g = capture.input_grads(w, sub.answer_pos, n_pos)
-            grads = g if grads is None else (
-                [a + b for a, b in zip(grads[0], g[0], strict=True)],
-                [a + b for a, b in zip(grads[1], g[1], strict=True)], grads[2] + g[2])
+            grads = capture.input_grads(w, sub.answer_pos, n_pos)
+            total -= _scores(lay, deltas, grads) / enc.n / len(alphas)  # linear in the grads
             done += 1
-        assert grads is not None
-        deltas = engine.clean.rows(rows).deltas_from(values[mode], w)
-        total -= _scores(lay, deltas, grads) / enc.n / len(alphas)
     return total
 
 
-def _scores(lay: Layout, deltas: Tensor, grads: tuple[list[Tensor], list[Tensor], Tensor]
-            ) -> Tensor:
-    """delta_s . g_r for every edge, laid out in graph edge order (one GEMM per group)."""
-    attn, mlp, logits = grads
+def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:
+    """delta_s . g_r for every edge, laid out in graph edge order: one GEMM per receiver
+    group, each group's gradient used as soon as it is made."""
     n = deltas.shape[0]
     flat = deltas.reshape(n, -1)  # (sources, batch*pos*d)
     out = torch.empty(lay.n_edges, dtype=deltas.dtype, device=deltas.device)
-    for layer in range(lay.n_layers):
-        up = lay.up_attn(layer)
-        g = attn[layer].permute(2, 3, 0, 1, 4).reshape(3 * lay.n_heads, -1)  # (3*head, bpd)
-        block = flat[:up] @ g.T  # (up, 3*head)
-        at = lay.attn_offset[layer]
-        out[at: at + block.numel()] = block.T.reshape(-1)  # edge order: port, head, source
-        up = lay.up_mlp(layer)
-        at = lay.mlp_offset[layer]
-        out[at: at + up] = flat[:up] @ mlp[layer].reshape(-1)
-    out[lay.logits_offset:] = flat @ logits.reshape(-1)
+    for kind, layer, g in grads:
+        if kind == "attn":
+            up = lay.up_attn(layer)
+            g = g.permute(2, 3, 0, 1, 4).reshape(3 * lay.n_heads, -1)  # (3*head, bpd)
+            block = flat[:up] @ g.T  # (up, 3*head)
+            at = lay.attn_offset[layer]
+            out[at: at + block.numel()] = block.T.reshape(-1)  # edge order: port, head, source
+        elif kind == "mlp":
+            up, at = lay.up_mlp(layer), lay.mlp_offset[layer]
+            out[at: at + up] = flat[:up] @ g.reshape(-1)
+        else:
+            out[lay.logits_offset:] = flat @ g.reshape(-1)
     return out
 
 

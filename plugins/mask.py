@@ -63,8 +63,8 @@ def run(ctx: Context, params: Params) -> Composite:
         index = order[rows]
         sub = enc.subset(index)
         values = {m: engine.values[m].rows(index) for m in MODES}
-        keep = torch.sigmoid(theta / params.temperature)
         with torch.enable_grad():
+            keep = torch.sigmoid(theta / params.temperature)
             logits = engine.forward.run(sub.clean, sub.answer_pos, Patch(edge=keep,
                                         edge_mode=mode), values)[0]
             reference = engine.clean_logits[index]

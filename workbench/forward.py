@@ -24,7 +24,7 @@ reproduces the clean run and keep = 0 the all-ablated run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,31 +126,36 @@ class Capture:
     final_ln: Tensor | None = None
 
     def input_grads(self, w: Weights, answer_pos: Tensor, n_pos: int
-                    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """After backward: d/d(input) of each layer's q/k/v receivers (batch, pos, 3, head, d),
-        of each MLP (batch, pos, d), and of the logits (batch, pos, d)."""
-        attn, mlp = [], []
+                    ) -> Iterator[tuple[str, int, Tensor]]:
+        """After backward, one receiver group at a time (so each can be used and freed):
+        ("attn", L, d/d(input) of layer L's q/k/v receivers (batch, pos, 3, head, d)),
+        ("mlp", L, (batch, pos, d)), and last ("logits", -1, (batch, pos, d))."""
         for layer, (q, k, v) in enumerate(self.qkv):
             g = torch.stack([
                 torch.einsum("bphe,hde->bphd", t.grad, m[layer])  # type: ignore[arg-type]
                 for t, m in ((q, w.W_Q), (k, w.W_K), (v, w.W_V))], dim=2)
-            attn.append(ln_backward(self.attn_in[layer][:, :, None, None, :], g, w.eps))
-            mlp.append(ln_backward(self.mlp_in[layer], self.mlp_ln[layer].grad, w.eps))  # type: ignore[arg-type]
+            yield "attn", layer, ln_backward(self.attn_in[layer][:, :, None, None, :], g, w.eps)
+            yield "mlp", layer, ln_backward(self.mlp_in[layer], self.mlp_ln[layer].grad,  # type: ignore[arg-type]
+                                            w.eps)
         assert self.final_in is not None and self.final_ln is not None
         g_final = ln_backward(self.final_in, self.final_ln.grad, w.eps)  # type: ignore[arg-type]
         logits = torch.zeros(g_final.shape[0], n_pos, g_final.shape[-1], dtype=g_final.dtype,
                              device=g_final.device)
         logits.scatter_add_(1, answer_pos.unsqueeze(-1).expand_as(g_final), g_final)
-        return attn, mlp, logits
+        yield "logits", -1, logits
 
 
 def ln_backward(x: Tensor, g: Tensor, eps: float) -> Tensor:
     """Gradient at the input of the folded LayerNorm `ln` at x, given the gradient g at its
-    output: (g - mean(g) - y * mean(g * y)) / scale, with y = ln(x)."""
+    output: (g - mean(g) - y * mean(g * y)) / scale, with y = ln(x). `x` may broadcast
+    against `g` (one residual read by every head); the big temporaries are made in place."""
     c = x - x.mean(-1, keepdim=True)
     scale = (c.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     y = c / scale
-    return (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)) / scale
+    kappa = torch.einsum("...d,...d->...", g, y).unsqueeze(-1)
+    out = g - g.mean(-1, keepdim=True)
+    out.addcmul_(y, kappa, value=-1.0 / g.shape[-1])
+    return out.div_(scale)
 
 
 def _keep(t: Tensor, capture: Capture | None) -> Tensor:
