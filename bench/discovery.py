@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import gpt2_small_checkpoint  # noqa: E402
 
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,22 +67,6 @@ METRIC = "logit_diff"
 # -- inputs (parent) ---------------------------------------------------------------------------
 
 
-def gpt2_small_checkpoint(directory: Path) -> Path:
-    """A random GPT-2-small-sized model with the digit tokenizer (ids < 51), saved once."""
-    if (directory / "config.json").is_file():
-        return directory
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from workbench.tokenizer import build_tokenizer, save_tokenizer
-
-    tok = build_tokenizer()
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=50257,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).eval().save_pretrained(str(directory))
-    save_tokenizer(tok, directory)
-    return directory
 
 
 def write_inputs(path: Path, model: str, ckpt: Path, n: int, pad: int) -> None:
@@ -494,7 +479,9 @@ def main() -> None:
     args.runs = args.runs or (1 if small else 5)
     work = Path(args.workdir) / args.model
     if args.model == "gpt2-small":
-        ckpt = gpt2_small_checkpoint(work / "ckpt")
+        ckpt = work / "ckpt"
+        if not (ckpt / "config.json").exists():  # reuse the checkpoint between runs
+            gpt2_small_checkpoint(ckpt)
     else:
         from workbench.model import BUNDLED_DIR
 

@@ -26,11 +26,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import gpt2_small_checkpoint, timed  # noqa: E402
 
 THREADS = 2
 torch.set_num_threads(THREADS)
@@ -38,18 +38,6 @@ torch.set_num_threads(THREADS)
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "foundation.json"
 N_PROMPTS = 256
-
-
-def timed(fn: Callable[[], Any], repeats: int, warmups: int) -> list[float]:
-    """Seconds of each of `repeats` calls, after `warmups` untimed ones."""
-    for _ in range(warmups):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def bench_train() -> dict[str, Any]:
@@ -81,19 +69,6 @@ def bench_load(repeats: int = 5) -> dict[str, Any]:
             "min_s": min(times)}
 
 
-def gpt2_small_checkpoint(directory: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from workbench.tokenizer import build_tokenizer, save_tokenizer
-
-    tok = build_tokenizer()
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(str(directory))
-    save_tokenizer(tok, directory)
-    return directory
 
 
 def bench_forward(label: str, source: str, repeats: int, warmups: int) -> dict[str, Any]:

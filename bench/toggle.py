@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from common import gpt2_small_checkpoint, timed  # noqa: E402
 
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,32 +49,8 @@ N_PROMPTS = 256
 SEED = 0
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmups: int = 1) -> list[float]:
-    """Seconds of each of `repeats` calls, after `warmups` untimed ones."""
-    for _ in range(warmups):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
-def gpt2_small_checkpoint(directory: Path) -> Path:
-    """A random GPT-2-small-sized model with the digit tokenizer, as an HF checkpoint."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from workbench.tokenizer import build_tokenizer, save_tokenizer
-
-    tok = build_tokenizer()
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=50257,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).eval().save_pretrained(str(directory))
-    save_tokenizer(tok, directory)
-    return directory
 
 
 def toggles(n_layers: int, n_heads: int, n: int, seed: int) -> list[tuple[int, int, bool]]:

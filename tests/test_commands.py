@@ -224,7 +224,11 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
             "unknown metric 'logitdiff': did you mean logit_diff? "
             "choose logit_diff|prob|accuracy|kl",
         ),
-        ("metric logit-diff", "unknown metric 'logit-diff': did you mean logit_diff? choose logit_diff|prob|accuracy|kl"),
+        (
+            "metric logit-diff",
+            "unknown metric 'logit-diff': did you mean logit_diff? "
+            "choose logit_diff|prob|accuracy|kl",
+        ),
         (
             "ablate a9.1 mode=maen",
             "unknown ablation mode 'maen': did you mean mean? choose zero|mean|resample",
