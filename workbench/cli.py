@@ -69,8 +69,9 @@ def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, A
     task = make_task(task_name, **task_options)
     enc = encode(task.prompt_set(n, seed, corrupt, split="test"), model.tokenizer)
     report = Report.of(answer_logits(model.logits(enc.clean), enc), enc)
+    typed = {k: getattr(task, k) for k in task_options}  # as the task read them
     return {"model": model.identity.source, "identity": model.identity.sha256,
-            "task": task_name, "options": task_options, **asdict(report)}
+            "task": task_name, "options": typed, **asdict(report)}
 
 
 def cmd_eval(argv: list[str]) -> int:
