@@ -2,8 +2,8 @@
 
 1. Move the `input` node along a straight path from its ablated to its clean value (`steps`
    points, midpoint rule); everything downstream is recomputed at each point.
-2. At each point, one forward and one backward through the zero-valued edge probe give
-   `(clean_s - abl_s) . dM/d(input of r)` for every edge; average over the points.
+2. At each point, one forward and one backward give dM/d(input of r) for every receiver
+   (`forward.Capture`); `(clean_s - abl_s) . dM/d(input of r)` for every edge, averaged.
 3. The score is the negative average: the estimated metric change when the edge is ablated.
 
 Cost: `steps` x (1 forward + 1 backward), prompts in chunks of `batch_size`.

@@ -10,9 +10,9 @@ biases (b_O). An intervention changes what a source writes or what a receiver re
 4. edge: receiver r reads `resid - sum_s (1 - keep[s, r]) * (out_s - abl_s)`: each edge's
    share of the clean output is interpolated with its ablation value. `keep` may require grad:
    its gradient at keep = 1 is exactly edge attribution patching's score. `edge` may hold
-   one keep vector per row: ACDC evaluates many candidate circuits in one batched forward;
-5. probe: a zero-valued coefficient per edge times a fixed delta (clean minus ablated output);
-   the gradient w.r.t. it is the EAP score at any point of an integrated-gradients path.
+   one keep vector per row: ACDC evaluates many candidate circuits in one batched forward.
+A plain run can also keep what one backward needs for the gradient at every receiver's input
+(`Capture`): that is how edge attribution patching scores every edge.
 
 Masks carry a leading mode axis (zero, mean, resample) so one forward mixes modes. The run can
 start at any layer from a cached `State`, which is how a toggle recomputes only from the
@@ -94,10 +94,6 @@ class Patch:
     receiver: Tensor | None = None  # (n_modes, n_receivers, pos)
     edge: Tensor | None = None  # (n_edges,) or (batch, n_edges) keep; 0 = ablated (edge_mode)
     edge_mode: Mode = "mean"
-    # A zero-valued probe per edge: receiver r reads + sum_s probe[s, r] * probe_deltas[s].
-    # It changes nothing; its gradient is (fixed delta) . dM/d(input of r): EAP and EAP-IG.
-    probe: Tensor | None = None  # (n_edges,), requires grad
-    probe_deltas: Tensor | None = None  # (n_sources, batch, pos, d) fixed deltas
 
 
 @dataclass
@@ -327,7 +323,7 @@ class Forward:
         first = lay.attn_receiver(layer, 0, 0)
         recv = patch.receiver[:, first: first + 3 * h] if patch.receiver is not None else None
         has_recv = recv is not None and bool(recv.any())
-        if patch.edge is None and patch.probe is None and not has_recv:
+        if patch.edge is None and not has_recv:
             return resid
         x = resid[:, :, None, None, :].expand(-1, -1, 3, h, -1)
         x = self._edge_input(x, patch, deltas, lambda k: lay.attn_keep(k, layer))
@@ -345,13 +341,10 @@ class Forward:
     @staticmethod
     def _edge_input(x: Tensor, patch: Patch, deltas: list[Tensor],
                     block: Callable[[Tensor], Tensor]) -> Tensor:
-        """What a receiver reads: `x` minus each ablated edge's share, plus the probe term.
+        """What a receiver reads: `x` minus each ablated edge's share.
         `block` cuts this receiver group's coefficients out of an (..., n_edges) vector."""
         if patch.edge is not None:
             x = x - _mix(deltas, 1 - block(patch.edge), rows=patch.edge.dim() == 2)
-        if patch.probe is not None:
-            assert patch.probe_deltas is not None
-            x = x + _mix(patch.probe_deltas, block(patch.probe), rows=False)
         return x
 
     def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
@@ -420,19 +413,17 @@ def _minus(live: Tensor, ablated: Tensor) -> Tensor:
     return (live.view(rows // b, b, *live.shape[1:]) - ablated).flatten(0, 1)
 
 
-def _mix(deltas: Tensor | list[Tensor], coef: Tensor, rows: bool) -> Tensor:
+def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
     """sum over upstream sources s of coef[s, ...] * delta_s.
 
-    deltas: one (n_sources, batch, pos, d) tensor, or per-group tensors (n_g, batch, pos, d)
-    in source order; coef: (n_upstream, ...), or with `rows` (R, n_upstream, ...) giving each
-    row its own coefficients (ACDC's candidates), where a group whose batch is smaller than R
-    (shared below the restart) broadcasts over the R // batch replicas.
+    deltas: per-group tensors (n_g, batch, pos, d) in source order. coef: (n_upstream, ...),
+    or with `rows` (R, n_upstream, ...) giving each row its own coefficients (ACDC's
+    candidates), where a group whose batch is smaller than R (shared below the restart)
+    broadcasts over the R // batch replicas.
     """
     if not rows:
         n_up = coef.shape[0]
-        dense = deltas if isinstance(deltas, Tensor) else _prefix(deltas, n_up)
-        return _dense_mix(dense[:n_up], coef)
-    assert isinstance(deltas, list)
+        return _dense_mix(_prefix(deltas, n_up)[:n_up], coef)
     total, at = None, 0
     n_up = coef.shape[1]
     extra = "".join("xyz"[i] for i in range(coef.dim() - 2))

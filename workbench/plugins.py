@@ -15,6 +15,7 @@ the contract test runs every registered technique and checks.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import typing
 from collections.abc import Callable
@@ -195,8 +196,6 @@ class Technique:
         typed = {}
         for key, value in options.items():
             if key not in fields:
-                import difflib
-
                 near = difflib.get_close_matches(key, fields, n=1)
                 hint = f"did you mean {near[0]}?" if near else \
                     f"options: {', '.join(fields) or 'none'}"

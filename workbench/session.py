@@ -16,6 +16,7 @@ the live result objects the TUI renders.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import time
@@ -255,8 +256,6 @@ class Session:
              cancelled: Callable[[], bool] | None) -> tuple[dict[str, Any], Any]:
         name = cmd.args[0]
         if name not in self.registry:
-            import difflib
-
             near = difflib.get_close_matches(name, self.registry, n=1)
             hint = f"did you mean {near[0]}?" if near else \
                 "techniques: " + ", ".join(sorted(self.registry))
