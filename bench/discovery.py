@@ -27,7 +27,7 @@ threads. Run from the repository root:
 3. A `baseline` job times plain `transformers` beside the fused and bridge forwards (the
    yardstick shared with the peer, whose own process times the same `transformers` forward).
 4. `--big 128` adds EAP on 128 prompts with its peak memory: `eap@128` in the plugin's chunks
-   of `--batch-size` (64) prompts, `eap@128x1` in one batch of 128 (as the peers ran it).
+   of `--batch-size` (32) prompts, `eap@128x1` in one batch of 128 (as the peers ran it).
 5. With the peer environment (`--peer`, default /tmp/ac-venv/bin/python when it exists) it runs
    `bench/autocircuit_peer.py` on the same checkpoint and token ids, then compares: times, FE,
    and the EAP / EAP-IG scores (Pearson, Spearman, top-k overlap of |score|, sign).
@@ -444,7 +444,7 @@ def main() -> None:
                    help="a reduced run of each method before the timed one, so one-time costs "
                    "(autograd start, allocator) are not counted; auto = add3 only (on "
                    "gpt2-small they are noise and a warm-up would double the run)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--tau", type=float, default=0.001)
     p.add_argument("--acdc-receivers", type=int, default=3,

@@ -37,11 +37,11 @@ from workbench.plugins import Context, EdgeScores, Technique
 @dataclass(frozen=True)
 class Params:
     mode: Mode | None = None  # the ablation the scores estimate (default: the session's)
-    batch_size: int = 64  # prompts per forward/backward chunk
+    batch_size: int = 32  # prompts per forward/backward chunk (32 ran fastest on a CPU)
 
 
 def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int = 0,
-                     batch_size: int = 64, ctx: Context | None = None) -> Tensor:
+                     batch_size: int = 32, ctx: Context | None = None) -> Tensor:
     """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
     lay, enc, w = engine.forward.layout, engine.enc, engine.weights
     total = torch.zeros(lay.n_edges, **engine.kw)
@@ -82,12 +82,9 @@ def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]
     flat = deltas.reshape(n, -1)  # (sources, batch*pos*d)
     out = torch.empty(lay.n_edges, dtype=deltas.dtype, device=deltas.device)
     for kind, layer, g in grads:
-        if kind == "attn":
-            up = lay.up_attn(layer)
-            g = g.permute(2, 3, 0, 1, 4).reshape(3 * lay.n_heads, -1)  # (3*head, bpd)
-            block = flat[:up] @ g.T  # (up, 3*head)
-            at = lay.attn_offset[layer]
-            out[at: at + block.numel()] = block.T.reshape(-1)  # edge order: port, head, source
+        if kind == "attn":  # edge order: port, head, source
+            up, at, n = lay.up_attn(layer), lay.attn_offset[layer], 3 * lay.n_heads
+            torch.matmul(g.view(n, -1), flat[:up].T, out=out[at: at + n * up].view(n, up))
         elif kind == "mlp":
             up, at = lay.up_mlp(layer), lay.mlp_offset[layer]
             out[at: at + up] = flat[:up] @ g.reshape(-1)

@@ -23,7 +23,7 @@ from workbench.plugins import Context, EdgeScores, Technique
 class Params:
     mode: Mode | None = None
     steps: int = 5
-    batch_size: int = 64
+    batch_size: int = 32
 
 
 def run(ctx: Context, params: Params) -> EdgeScores:

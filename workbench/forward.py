@@ -70,12 +70,13 @@ class Activations:
         d = self.embed.shape[-1]
         out = torch.empty(1 + n_layers * (n_heads + 1), batch, n_pos, d,
                           dtype=self.embed.dtype, device=self.embed.device)
-        out[0] = self.embed - ablated.embed
+        torch.sub(self.embed, ablated.embed, out=out[0])
         for layer in range(n_layers):
             at = 1 + layer * (n_heads + 1)
-            dz = self.z[layer] - ablated.z[layer]  # (batch, pos, head, d_head)
-            out[at: at + n_heads] = torch.einsum("bphe,hed->hbpd", dz, w.W_O[layer])
-            out[at + n_heads] = self.mlp_out[layer] - ablated.mlp_out[layer]
+            dz = (self.z[layer] - ablated.z[layer]).permute(2, 0, 1, 3)  # (head, b, pos, e)
+            torch.bmm(dz.reshape(n_heads, batch * n_pos, -1), w.W_O[layer],
+                      out=out[at: at + n_heads].view(n_heads, batch * n_pos, d))
+            torch.sub(self.mlp_out[layer], ablated.mlp_out[layer], out=out[at + n_heads])
         return out
 
     @staticmethod
@@ -98,10 +99,39 @@ class Patch:
 
 @dataclass
 class State:
-    """What a later run needs to restart at layer L: residuals and edge deltas before L."""
+    """What a later run needs to restart at layer L: residuals and edge deltas before L.
+
+    With one keep vector for every row, the deltas are also copied (detached) into one
+    contiguous buffer `flat` as they are made, so that each receiver's upstream sources are a
+    view of it: one GEMM per receiver group with no per-layer concatenation (which would copy
+    O(layers^2) residuals per run and keep them all for the backward).
+    """
 
     resid_pre: list[Tensor] = field(default_factory=list)  # resid_pre[L] for computed layers
     deltas: list[Tensor] = field(default_factory=list)  # per source group (n, batch, pos, d)
+    flat: Tensor | None = None  # (n_sources, batch, pos, d): `deltas` in one buffer
+    filled: int = 0  # rows of `flat` written
+
+    def add_delta(self, delta: Tensor, n_sources: int, flat: bool) -> None:
+        self.deltas.append(delta)
+        if not flat:
+            return
+        if self.flat is None:
+            self.flat = delta.new_empty((n_sources, *delta.shape[1:]))
+        n = delta.shape[0]
+        self.flat[self.filled: self.filled + n].copy_(delta.detach())
+        self.filled += n
+
+    def restart(self, layer: int, n_sources: int, flat: bool) -> State:
+        """A new state sharing everything before `layer`. With `flat`, the buffer rows before
+        it are copied (the new run writes the rows after them)."""
+        new = State(resid_pre=self.resid_pre[:layer], deltas=self.deltas[: 1 + 2 * layer])
+        if flat and new.deltas:
+            new.filled = sum(d.shape[0] for d in new.deltas)
+            new.flat = new.deltas[0].new_empty((n_sources, *new.deltas[0].shape[1:]))
+            done = self.flat[: new.filled] if self.flat is not None else torch.cat(new.deltas)
+            new.flat[: new.filled].copy_(done.detach())
+        return new
 
 
 @dataclass
@@ -121,24 +151,52 @@ class Capture:
     final_in: Tensor | None = None  # (batch, n_answer, d) at the answer positions
     final_ln: Tensor | None = None
 
+    @torch.no_grad()
     def input_grads(self, w: Weights, answer_pos: Tensor, n_pos: int
                     ) -> Iterator[tuple[str, int, Tensor]]:
         """After backward, one receiver group at a time (so each can be used and freed):
-        ("attn", L, d/d(input) of layer L's q/k/v receivers (batch, pos, 3, head, d)),
+        ("attn", L, d/d(input) of layer L's q/k/v receivers (3, head, batch, pos, d)),
         ("mlp", L, (batch, pos, d)), and last ("logits", -1, (batch, pos, d))."""
         for layer, (q, k, v) in enumerate(self.qkv):
-            g = torch.stack([
-                torch.einsum("bphe,hde->bphd", t.grad, m[layer])  # type: ignore[arg-type]
-                for t, m in ((q, w.W_Q), (k, w.W_K), (v, w.W_V))], dim=2)
-            yield "attn", layer, ln_backward(self.attn_in[layer][:, :, None, None, :], g, w.eps)
-            yield "mlp", layer, ln_backward(self.mlp_in[layer], self.mlp_ln[layer].grad,  # type: ignore[arg-type]
-                                            w.eps)
+            yield "attn", layer, _qkv_input_grads(w, layer, self.attn_in[layer], (q, k, v))
+            yield "mlp", layer, ln_backward(self.mlp_in[layer].detach(),
+                                            self.mlp_ln[layer].grad, w.eps)  # type: ignore[arg-type]
         assert self.final_in is not None and self.final_ln is not None
-        g_final = ln_backward(self.final_in, self.final_ln.grad, w.eps)  # type: ignore[arg-type]
+        g_final = ln_backward(self.final_in.detach(), self.final_ln.grad, w.eps)  # type: ignore[arg-type]
         logits = torch.zeros(g_final.shape[0], n_pos, g_final.shape[-1], dtype=g_final.dtype,
                              device=g_final.device)
         logits.scatter_add_(1, answer_pos.unsqueeze(-1).expand_as(g_final), g_final)
         yield "logits", -1, logits
+
+
+def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
+                     qkv: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """(3, head, batch, pos, d): the gradient at each head's q/k/v input, from the gradients
+    at q, k, v (before their biases) and the shared input x (batch, pos, d).
+
+    It is `ln_backward(x, g_r @ W_r.T)` for every receiver r, done mostly in head space: the
+    LayerNorm Jacobian (I - 1 1^T / D - y y^T / D) / scale needs, per receiver, only the scalars
+    mean(g) = (sum_d W_r) . g_r / D and mean(g * y) = (y @ W_r) . g_r / D, and y @ W_r is the
+    captured q/k/v itself. So the one big product (3 * head GEMMs) is followed by two in-place
+    passes instead of a LayerNorm backward over every head's copy.
+    """
+    x = x.detach()
+    b, p, h, e = qkv[0].shape
+    c = x - x.mean(-1, keepdim=True)
+    scale = (c.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # (b, p, 1)
+    y = c.div_(scale)
+    n_model = x.shape[-1]
+    # (3, head, b*p, e): head-space gradients divided by the scale, receiver-major
+    g = torch.stack([t.grad for t in qkv]).div_(scale.unsqueeze(0).unsqueeze(-1))  # type: ignore[misc]
+    g = g.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
+    raw = torch.stack([t.detach() for t in qkv]).permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
+    mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]]).view(3 * h, n_model, e)
+    mean_g = torch.einsum("rne,re->rn", g, mats.sum(1)).div_(n_model)  # (3h, b*p)
+    mean_gy = torch.einsum("rne,rne->rn", g, raw).div_(n_model)
+    out = torch.bmm(g, mats.transpose(1, 2))  # (3h, b*p, d)
+    out.sub_(mean_g.unsqueeze(-1))
+    out.addcmul_(mean_gy.unsqueeze(-1), y.view(1, b * p, n_model), value=-1.0)
+    return out.view(3, h, b, p, n_model)
 
 
 def ln_backward(x: Tensor, g: Tensor, eps: float) -> Tensor:
@@ -243,41 +301,32 @@ class Forward:
         edge_abl = values.get(patch.edge_mode) if edge is not None else None
         if edge is not None and edge_abl is None:
             raise ValueError(f"edge patch needs the {patch.edge_mode} values")
-        new = State()
+        flat = edge is not None and edge.dim() == 1  # one keep vector: deltas in one buffer
         if start == 0:
+            new = State()
             resid = embed(w, tokens)
             if patch.node is not None:
                 resid = self._replace(resid, patch.node[:, 0], values, lambda a: a.embed)
             if edge_abl is not None:
-                new.deltas.append(_minus(resid, edge_abl.embed).unsqueeze(0))
+                new.add_delta(_minus(resid, edge_abl.embed).unsqueeze(0), lay.n_sources, flat)
             if capture is not None:  # a leaf, so that the run builds a graph to differentiate
                 resid = resid.detach().requires_grad_(True)
             embed_out = resid
         else:
             assert state is not None and len(state.resid_pre) > start
             resid = state.resid_pre[start]
-            new.deltas = state.deltas[: 1 + 2 * start]
+            new = state.restart(start, lay.n_sources, flat)
             embed_out = None
-        new.resid_pre = (state.resid_pre[:start] if start else [])
         recorded: dict[str, list[Tensor]] = {k: [] for k in ("z", "mlp_out", "post", "mid")}
         for layer in range(start, w.n_layers):
             new.resid_pre.append(resid)
-            x = self._attn_inputs(resid, layer, patch, values, new.deltas)
+            x = self._attn_inputs(resid, layer, patch, values, new)
             if capture is not None:
                 capture.attn_in.append(x)
             z = self._attention(x, layer, capture)  # (batch, pos, head, d_head)
-            heads = torch.einsum("bphe,hed->bphd", z, w.W_O[layer])
-            if patch.node is not None:
-                src = lay.head_source(layer, 0)
-                mask = patch.node[:, src: src + w.n_heads]  # (modes, head, pos)
-                heads = self._replace(heads, mask.transpose(1, 2), values,
-                                      lambda a, L=layer: a.head_out(w, L))
-            if edge_abl is not None:
-                d = _minus(heads, edge_abl.head_out(w, layer))
-                new.deltas.append(d.permute(2, 0, 1, 3))
-            mid = resid + heads.sum(2) + w.b_O[layer]
+            mid = resid + self._attn_out(z, layer, patch, values, new, edge_abl, flat)
             x = self._receiver_input(mid, lay.mlp_receiver(layer), patch, values, "mid", layer)
-            x = self._edge_input(x, patch, new.deltas, lambda k, L=layer: lay.mlp_keep(k, L))
+            x = self._edge_input(x, patch, new, lambda k, L=layer: lay.mlp_keep(k, L))
             h = ln(x, w.eps)
             if capture is not None:
                 capture.mlp_in.append(x)
@@ -291,14 +340,15 @@ class Forward:
                 out = self._replace(out, patch.node[:, lay.mlp_source(layer)], values,
                                     lambda a, L=layer: a.mlp_out[L])
             if edge_abl is not None:
-                new.deltas.append(_minus(out, edge_abl.mlp_out[layer]).unsqueeze(0))
+                new.add_delta(_minus(out, edge_abl.mlp_out[layer]).unsqueeze(0),
+                              lay.n_sources, flat)
             if record:
                 for key, val in (("z", z), ("mlp_out", out), ("post", post), ("mid", mid)):
                     recorded[key].append(val)
             resid = mid + out
         new.resid_pre.append(resid)
         x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
-        x = self._edge_input(x, patch, new.deltas, lay.logits_keep)
+        x = self._edge_input(x, patch, new, lay.logits_keep)
         x = x.gather(1, answer_pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         h = ln(x, w.eps)
         if capture is not None:
@@ -316,36 +366,72 @@ class Forward:
 
     # -- pieces -------------------------------------------------------------------------
 
+    def _attn_out(self, z: Tensor, layer: int, patch: Patch, values: dict[Mode, Activations],
+                  new: State, edge_abl: Activations | None, flat: bool) -> Tensor:
+        """(batch, pos, d): what the layer's heads write (b_O included), as one GEMM.
+
+        Per-head outputs are made only when a head is replaced (its change is added to the
+        GEMM's result, exactly 0 where nothing is replaced, so untouched positions stay
+        bit-identical to the clean run) or when edge deltas are needed."""
+        w, lay = self.w, self.layout
+        b, p, h, e = z.shape
+        out = z.reshape(b, p, h * e) @ w.W_O[layer].reshape(h * e, -1) + w.b_O[layer]
+        src = lay.head_source(layer, 0)
+        mask = patch.node[:, src: src + h] if patch.node is not None else None  # (modes, head, pos)
+        replaced = mask is not None and bool(mask.any())
+        if not replaced and edge_abl is None:
+            return out
+        heads = torch.einsum("bphe,hed->bphd", z, w.W_O[layer])
+        if replaced:
+            assert mask is not None
+            kept = self._replace(heads, mask.transpose(1, 2), values,
+                                 lambda a, L=layer: a.head_out(w, L))
+            out = out + (kept - heads).sum(2)
+            heads = kept
+        if edge_abl is not None:
+            d = _minus(heads, edge_abl.head_out(w, layer))
+            new.add_delta(d.permute(2, 0, 1, 3), lay.n_sources, flat)
+        return out
+
     def _attn_inputs(self, resid: Tensor, layer: int, patch: Patch,
-                     values: dict[Mode, Activations], deltas: list[Tensor]) -> Tensor:
-        """(batch, pos, d) shared input, or (batch, pos, 3, head, d) per q/k/v and head."""
+                     values: dict[Mode, Activations], state: State) -> Tensor:
+        """(batch, pos, d) shared input, or (3, head, batch, pos, d) per q/k/v and head (the
+        layout the edge mixing GEMM writes and the q/k/v batched product reads, no copies)."""
         lay, h = self.layout, self.w.n_heads
         first = lay.attn_receiver(layer, 0, 0)
         recv = patch.receiver[:, first: first + 3 * h] if patch.receiver is not None else None
         has_recv = recv is not None and bool(recv.any())
         if patch.edge is None and not has_recv:
             return resid
-        x = resid[:, :, None, None, :].expand(-1, -1, 3, h, -1)
-        x = self._edge_input(x, patch, deltas, lambda k: lay.attn_keep(k, layer))
+        x = resid.expand(3, h, *resid.shape)
+        x = self._edge_input(x, patch, state, lambda k: lay.attn_keep(k, layer))
         if has_recv:
             assert recv is not None
-            r = recv.view(recv.shape[0], 3, h, -1).permute(0, 3, 1, 2)  # (modes, pos, 3, head)
-            ablated = torch.zeros_like(x)
+            r = recv.view(recv.shape[0], 3, h, 1, -1, 1)  # (modes, 3, head, 1, pos, 1)
+            x = x * (1 - r.sum(0))
             for m, mode in enumerate(MODES):
                 if recv[m].any():
-                    ablated = ablated + r[m, None, :, :, :, None] * values[mode].resid_pre[
-                        layer][:, :, None, None, :]
-            x = x * (1 - r.sum(0))[None, :, :, :, None] + ablated
+                    x = x + r[m] * values[mode].resid_pre[layer]
         return x
 
     @staticmethod
-    def _edge_input(x: Tensor, patch: Patch, deltas: list[Tensor],
+    def _edge_input(x: Tensor, patch: Patch, state: State,
                     block: Callable[[Tensor], Tensor]) -> Tensor:
         """What a receiver reads: `x` minus each ablated edge's share.
         `block` cuts this receiver group's coefficients out of an (..., n_edges) vector."""
-        if patch.edge is not None:
-            x = x - _mix(deltas, 1 - block(patch.edge), rows=patch.edge.dim() == 2)
-        return x
+        if patch.edge is None:
+            return x
+        coef = block(patch.edge) - 1  # minus the ablated share (negated here, not in the sum)
+        if patch.edge.dim() == 2:
+            mix = _mix(state.deltas, coef)
+            return mix.add_(x) if mix.shape == x.shape and not mix.requires_grad else x + mix
+        assert state.flat is not None
+        n_up = coef.shape[0]
+        live = _upstream(state.deltas, n_up)
+        prefix = state.flat[:n_up]
+        if torch.is_grad_enabled() and (coef.requires_grad or any(d.requires_grad for d in live)):
+            return x + _FlatMix.apply(coef, prefix, *live)
+        return x + _dense_mix(prefix, coef)
 
     def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
                         values: dict[Mode, Activations], where: str, layer: int) -> Tensor:
@@ -370,14 +456,14 @@ class Forward:
             v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer])
             if capture is not None:
                 capture.qkv.append((_keep(q, capture), _keep(k, capture), _keep(v, capture)))
-        else:  # (batch, pos, 3, head, d): each head reads its own q, k, v input
-            h = ln(x, w.eps)
-            q = torch.einsum("bphd,hde->bphe", h[:, :, 0], w.W_Q[layer])
-            k = torch.einsum("bphd,hde->bphe", h[:, :, 1], w.W_K[layer])
-            v = torch.einsum("bphd,hde->bphe", h[:, :, 2], w.W_V[layer])
+        else:  # (3, head, batch, pos, d): each head reads its own q, k, v input
+            mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]])  # (3, head, d, e)
+            t, h, b, p, d = x.shape
+            qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), mats)  # (3, head, b*p, e)
+            q, k, v = qkv.view(t, h, b, p, -1).permute(0, 2, 3, 1, 4).unbind(0)  # (b, p, h, e)
         q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.d_head**0.5
-        n = x.shape[1]
+        n = q.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
         return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
@@ -413,20 +499,18 @@ def _minus(live: Tensor, ablated: Tensor) -> Tensor:
     return (live.view(rows // b, b, *live.shape[1:]) - ablated).flatten(0, 1)
 
 
-def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
-    """sum over upstream sources s of coef[s, ...] * delta_s.
+def _mix(deltas: list[Tensor], coef: Tensor) -> Tensor:
+    """sum over upstream sources s of coef[r, s, ...] * delta_s, each row r with its own
+    coefficients (ACDC's candidates): (R, n_upstream, *extra) -> (*extra, R, pos, d).
 
-    deltas: per-group tensors (n_g, batch, pos, d) in source order. coef: (n_upstream, ...),
-    or with `rows` (R, n_upstream, ...) giving each row its own coefficients (ACDC's
-    candidates), where a group whose batch is smaller than R (shared below the restart)
-    broadcasts over the R // batch replicas.
+    deltas: per-group tensors (n_g, batch, pos, d) in source order; a group whose batch is
+    smaller than R (shared below the restart) broadcasts over the R // batch replicas. Each
+    group's batched product is added, in whatever layout it comes out, into one buffer in the
+    receiver-major layout (the add does the transpose; no separate permuted copies).
     """
-    if not rows:
-        n_up = coef.shape[0]
-        return _dense_mix(_prefix(deltas, n_up)[:n_up], coef)
-    total, at = None, 0
-    n_up = coef.shape[1]
-    extra = "".join("xyz"[i] for i in range(coef.dim() - 2))
+    n_up, extra = coef.shape[1], coef.shape[2:]
+    axes = "xyz"[: len(extra)]
+    out, at = None, 0
     for d in deltas:
         n = d.shape[0]
         if at >= n_up:
@@ -435,37 +519,67 @@ def _mix(deltas: list[Tensor], coef: Tensor, rows: bool) -> Tensor:
         at += n
         if not c.requires_grad and not bool(c.any()):
             continue
-        if c.shape[0] == d.shape[1]:
-            term = torch.einsum(f"nbpd,bn{extra}->bp{extra}d", d, c)
-        else:  # shared group: (R, ...) = (K replicas x batch)
-            k = c.shape[0] // d.shape[1]
-            c = c.view(k, d.shape[1], *c.shape[1:])
-            term = torch.einsum(f"nbpd,kbn{extra}->kbp{extra}d", d, c).flatten(0, 1)
-        total = term if total is None else total + term
-    if total is None:
+        k, b = coef.shape[0] // d.shape[1], d.shape[1]
+        term = torch.einsum(f"nbpd,kbn{axes}->{axes}kbpd", d, c.view(k, b, *c.shape[1:]))
+        if out is None:
+            out = d.new_empty((*extra, coef.shape[0], *d.shape[2:]))
+            out.view(*extra, k, b, *d.shape[2:]).copy_(term)
+        else:
+            out.view(*extra, k, b, *d.shape[2:]).add_(term)
+    if out is None:
         return torch.zeros((), dtype=coef.dtype, device=coef.device)
-    return total
+    return out
 
 
-def _prefix(groups: list[Tensor], n_up: int) -> Tensor:
-    """The first n_up sources of per-group deltas as one contiguous tensor."""
+def _upstream(groups: list[Tensor], n_up: int) -> list[Tensor]:
+    """The groups holding the first n_up sources (receivers read whole groups)."""
     taken, at = [], 0
     for g in groups:
         if at >= n_up:
             break
         taken.append(g)
         at += g.shape[0]
-    return taken[0] if len(taken) == 1 else torch.cat(taken)
+    assert at == n_up, "a receiver's upstream sources end inside a group"
+    return taken
+
+
+class _FlatMix(torch.autograd.Function):
+    """`_dense_mix(prefix, coef)` whose gradient goes to the per-group deltas (`groups`, the
+    tensors autograd knows) while the product reads their contiguous copy `prefix`. The copy
+    is kept as a plain attribute, not saved: later layers write rows after the prefix into
+    the same buffer, which must not count as modifying it."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, coef: Tensor, prefix: Tensor,  # type: ignore[override]
+                *groups: Tensor) -> Tensor:
+        ctx.prefix = prefix  # type: ignore[attr-defined]
+        ctx.sizes = [g.shape[0] for g in groups]  # type: ignore[attr-defined]
+        ctx.save_for_backward(coef)
+        return _dense_mix(prefix, coef)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor | None, ...]:
+        (coef,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        prefix: Tensor = ctx.prefix  # type: ignore[attr-defined]
+        n = prefix.shape[0]
+        g = grad.reshape(-1, prefix[0].numel())  # (prod(extra), batch*pos*d)
+        need = ctx.needs_input_grad  # type: ignore[attr-defined]
+        grad_coef = (prefix.reshape(n, -1) @ g.T).view(coef.shape) if need[0] else None
+        grad_groups: list[Tensor | None] = [None] * len(ctx.sizes)  # type: ignore[attr-defined]
+        if any(need[2:]):
+            c = coef.reshape(n, -1)
+            full = (c @ g if c.shape[1] > 1 else c * g).view(prefix.shape)  # K=1: no GEMM
+            grad_groups = list(full.split(ctx.sizes))  # type: ignore[attr-defined]
+        return (grad_coef, None, *grad_groups)
 
 
 def _dense_mix(deltas: Tensor, coef: Tensor) -> Tensor:
-    """One GEMM: (n, batch, pos, d) and (n, *extra) -> (batch, pos, *extra, d).
+    """One GEMM: (n, batch, pos, d) and (n, *extra) -> (*extra, batch, pos, d).
 
-    (extra, n) @ (n, batch*pos*d) reads the deltas in place (no permuted copy); the result is
-    viewed back with the receiver axes before d.
+    (extra, n) @ (n, batch*pos*d) reads the deltas in place (no permuted copy) and writes the
+    receiver-major layout the per-head inputs use.
     """
     n, b, p, d = deltas.shape
-    extra = coef.shape[1:]
     out = coef.reshape(n, -1).T @ deltas.reshape(n, b * p * d)  # (prod(extra), b*p*d)
-    out = out.view(*extra, b, p, d)
-    return out.movedim(tuple(range(len(extra))), tuple(range(2, 2 + len(extra))))
+    return out.view(*coef.shape[1:], b, p, d)
