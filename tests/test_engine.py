@@ -481,3 +481,28 @@ def test_engine_leaves_the_bridge_unchanged(tiny_model: LoadedModel,
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(tiny_model.logits(tiny_enc.clean), logits_before)
+
+
+def test_qkv_input_grads_equal_autograd_through_layer_norm() -> None:
+    """The head-space LayerNorm backward EAP uses equals autograd on ln(x) @ W_r for every
+    receiver, also for reading weights that are not centred (the mean(g) term)."""
+    from workbench.forward import _qkv_input_grads
+    from workbench.weights import ln
+
+    torch.manual_seed(0)
+    b, p, h, d, e = 2, 3, 2, 8, 4
+    mats = [torch.randn(1, h, d, e, dtype=torch.float64) + 0.5 for _ in range(3)]
+    w = SimpleNamespace(W_Q=mats[0], W_K=mats[1], W_V=mats[2], eps=1e-5)
+    x = torch.randn(b, p, d, dtype=torch.float64) * 3 + 1
+    qkv = []
+    for m in mats:
+        t = torch.einsum("bpd,hde->bphe", ln(x, 1e-5), m[0]).detach().requires_grad_(True)
+        t.grad = torch.randn_like(t)
+        qkv.append(t)
+    got = _qkv_input_grads(w, 0, x, tuple(qkv))  # type: ignore[arg-type]
+    for port, m in enumerate(mats):
+        for i in range(h):
+            xr = x.clone().requires_grad_(True)
+            out = torch.einsum("bpd,de->bpe", ln(xr, 1e-5), m[0, i])
+            out.backward(qkv[port].grad[:, :, i])
+            torch.testing.assert_close(got[port, i], xr.grad)

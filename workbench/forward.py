@@ -201,8 +201,8 @@ def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
 
 def ln_backward(x: Tensor, g: Tensor, eps: float) -> Tensor:
     """Gradient at the input of the folded LayerNorm `ln` at x, given the gradient g at its
-    output: (g - mean(g) - y * mean(g * y)) / scale, with y = ln(x). `x` may broadcast
-    against `g` (one residual read by every head); the big temporaries are made in place."""
+    output: (g - mean(g) - y * mean(g * y)) / scale, with y = ln(x) (MLP and logits inputs;
+    the heads' inputs use `_qkv_input_grads`)."""
     c = x - x.mean(-1, keepdim=True)
     scale = (c.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     y = c / scale
