@@ -44,39 +44,21 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import median_seconds, rss_mb
 
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TAU = 1e-3
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int, warmups: int = 1
-                   ) -> tuple[float, float]:
-    for _ in range(warmups):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- model and data ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: a timing loop and the random GPT-2-small checkpoint.
+"""Helpers shared by the benchmark scripts: timing loops, peak memory and the random GPT-2-small
+checkpoint (torch and the standard library only, so the auto-circuit peer venv imports it too).
 
 Run the scripts from the repository root (`python bench/NAME.py`); Python puts `bench/` on the
 path, so they import this module as `common`.
@@ -6,6 +7,8 @@ path, so they import this module as `common`.
 
 from __future__ import annotations
 
+import resource
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,25 @@ def timed(fn: Callable[[], Any], repeats: int, warmups: int = 1) -> list[float]:
         fn()
         out.append(time.perf_counter() - start)
     return out
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmups: int = 1
+                   ) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (this process, all threads) of `fn`."""
+    for _ in range(warmups):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def gpt2_small_checkpoint(directory: Path, n_positions: int = 64) -> Path:

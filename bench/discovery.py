@@ -42,18 +42,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import gpt2_small_checkpoint  # noqa: E402
+from common import gpt2_small_checkpoint, median_seconds, rss_mb  # noqa: E402
 
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +63,6 @@ METRIC = "logit_diff"
 
 
 # -- inputs (parent) ---------------------------------------------------------------------------
-
-
 
 
 def write_inputs(path: Path, model: str, ckpt: Path, n: int, pad: int) -> None:
@@ -110,25 +106,6 @@ def load_encoded(inputs: dict[str, Any]) -> Any:
         answer_pos=torch.full((n, 1), pos - 1), answer=torch.tensor(inputs["answer"]),
         contrast=torch.tensor(inputs["contrast"]), accepted=(None,) * n,
         lengths=torch.full((n,), pos))
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int, warmups: int = 1
-                   ) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds (this process, all threads) of `fn`."""
-    for _ in range(warmups):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _SubsetGraph:

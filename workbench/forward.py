@@ -110,27 +110,25 @@ class State:
     resid_pre: list[Tensor] = field(default_factory=list)  # resid_pre[L] for computed layers
     deltas: list[Tensor] = field(default_factory=list)  # per source group (n, batch, pos, d)
     flat: Tensor | None = None  # (n_sources, batch, pos, d): `deltas` in one buffer
-    filled: int = 0  # rows of `flat` written
 
     def add_delta(self, delta: Tensor, n_sources: int, flat: bool) -> None:
+        at = sum(d.shape[0] for d in self.deltas)
         self.deltas.append(delta)
         if not flat:
             return
         if self.flat is None:
             self.flat = delta.new_empty((n_sources, *delta.shape[1:]))
-        n = delta.shape[0]
-        self.flat[self.filled: self.filled + n].copy_(delta.detach())
-        self.filled += n
+        self.flat[at: at + delta.shape[0]].copy_(delta.detach())
 
     def restart(self, layer: int, n_sources: int, flat: bool) -> State:
         """A new state sharing everything before `layer`. With `flat`, the buffer rows before
         it are copied (the new run writes the rows after them)."""
         new = State(resid_pre=self.resid_pre[:layer], deltas=self.deltas[: 1 + 2 * layer])
         if flat and new.deltas:
-            new.filled = sum(d.shape[0] for d in new.deltas)
+            n = sum(d.shape[0] for d in new.deltas)
             new.flat = new.deltas[0].new_empty((n_sources, *new.deltas[0].shape[1:]))
-            done = self.flat[: new.filled] if self.flat is not None else torch.cat(new.deltas)
-            new.flat[: new.filled].copy_(done.detach())
+            done = self.flat[:n] if self.flat is not None else torch.cat(new.deltas)
+            new.flat[:n].copy_(done.detach())
         return new
 
 
