@@ -463,9 +463,9 @@ def test_engine_leaves_the_bridge_unchanged(tiny_model: LoadedModel,
             "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
             for name, m in bridge.named_modules()}
 
+    logits_before = tiny_model.logits(tiny_enc.clean)  # transformers hooks on first call
     hooks_before = module_hooks()
     before = {k: v.clone() for k, v in bridge.state_dict().items()}
-    logits_before = tiny_model.logits(tiny_enc.clean)
     engine = AblationEngine(tiny_model, tiny_enc)
     engine.logits([Ablation(head(0, 1)), Ablation(parse_edge("a0.0->a1.1<v>"), "resample")])
     keep = torch.ones(engine.forward.layout.n_edges, requires_grad=True)
