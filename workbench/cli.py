@@ -250,7 +250,8 @@ def cmd_replay(argv: list[str]) -> int:
               f"now {m.now}", file=sys.stderr)
     for f in report.failures:
         print(f"command {f.n} failed: {f.cmd}: {f.error}", file=sys.stderr)
-    print(report.summary(), file=sys.stderr)
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-MAX_WORD = 80  # longer words in a message are shortened to their ends
-MAX_MESSAGE = 600
+MAX_WORD = 240  # longer words (a pasted blob, not a path) are shortened to their ends
+MAX_MESSAGE = 1000
 _LONG_WORD = re.compile(r"\S{" + str(MAX_WORD + 1) + ",}")
 
 
