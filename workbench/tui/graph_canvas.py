@@ -98,7 +98,7 @@ def draw(nodes: Sequence[DrawNode], edges: Sequence[DrawEdge], lay: Layered,
     lo, hi = min(xs, default=0.0), max(xs, default=1.0)
     cols: dict[str, tuple[int, int]] = {}  # name -> (col, width)
     canvas_width = width
-    for rank, row in members.items():
+    for row in members.values():
         row.sort(key=lambda m: (m[0], m[1]))
         placed_cols = _spread(row, lo, hi, width)
         for (_, name, w), col in zip(row, placed_cols, strict=True):
@@ -159,11 +159,11 @@ def _spread(row: list[tuple[float, str, int]], lo: float, hi: float, width: int)
     span = max(hi - lo, 1e-9)
     want = [round((x - lo) / span * max(width - w, 0)) for x, _, w in row]
     cols: list[int] = []
-    for k, (_, name, w) in enumerate(row):
+    for k, (_, _name, w) in enumerate(row):
         if not cols:
             cols.append(max(0, want[k]))
             continue
-        _, prev_name, prev_w = row[k - 1]
+        _, _, prev_w = row[k - 1]
         sep = 0 if (prev_w == 1 and w == 1) else 1
         cols.append(max(want[k], cols[-1] + prev_w + sep))
     limit = width
