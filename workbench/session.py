@@ -39,6 +39,8 @@ from workbench.bounds import check_alphabet
 from workbench.commands import Command, help_text, parse
 from workbench.errors import WorkbenchError, crash_report
 from workbench.export import export
+from workbench.figures import CircuitFig, figure_of
+from workbench.figures_mpl import save as save_figure
 from workbench.files import Writes, write_atomic
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
@@ -369,12 +371,21 @@ class Session:
                 "jaccard_edges": round(diff.jaccard_edges, 6)}, diff
 
     def _export(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        circuit = self.state.circuit(cmd.args[0]).circuit
-        target = self.writes.target(cmd.args[1])
-        out: dict[str, Any] = {"id": cmd.args[0], "path": cmd.args[1]}
-        if target is None:
+        target = cmd.args[0]
+        figure = figure_of(self.state.result(target)) if target.startswith("r") else None
+        circuit = self.state.circuit(target).circuit if figure is None else None
+        found = self.writes.target(cmd.args[1])
+        out: dict[str, Any] = {"id": target, "path": cmd.args[1]}
+        if found is None:  # a reopened session's recorded export: not repeated
             return {**out, "written": None}, None
-        path = export(circuit, _new_folder(target))
+        dest = _new_folder(found)  # like save: out/ may be new
+        if circuit is not None and cmd.args[1].lower().endswith(".pdf"):
+            figure = CircuitFig(circuit.name or target, circuit)
+        if figure is not None:
+            path = save_figure(figure, dest)
+        else:
+            assert circuit is not None
+            path = export(circuit, dest)
         return ({**out, "written": str(path)} if str(path) != cmd.args[1] else out), path
 
     def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
