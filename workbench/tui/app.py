@@ -164,6 +164,7 @@ class WorkbenchApp(SessionRunner):
         if not self._queue:
             self._set_running(False)
             self._status("ready")
+            self.query_one(HeadGrid).settle()
 
     def on_prompts_ready(self, message: PromptsReady) -> None:
         if self.snapshot is not None and message.snapshot.key == self.snapshot.key:

@@ -70,7 +70,7 @@ def node_matches(query: str, names: list[str]) -> list[bool]:
 def edge_ends(n_layers: int, n_heads: int) -> tuple[Tensor, Tensor]:
     """(source number, receiver number) of every edge, in score-tensor order (int32)."""
     graph = Graph.from_sizes(n_layers, n_heads)
-    counts = torch.tensor([graph.n_upstream(r) for r in graph.receivers], dtype=torch.long)
+    counts = torch.tensor(graph.upstream_counts, dtype=torch.long)
     receiver = torch.repeat_interleave(torch.arange(len(counts)), counts)
     starts = torch.cumsum(counts, 0) - counts
     source = torch.arange(int(counts.sum())) - starts[receiver]

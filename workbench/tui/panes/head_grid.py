@@ -18,10 +18,12 @@ segments and each row's strip are cached; a new `GridView` invalidates only the 
 mark or score changed (a toggle: one cell) and repaints only their lines.
 
 Cells: `x` marks an ablated component, `~` one ablated only in part (some positions, a q/k/v
-input, some neurons). With a node-score result selected each cell shows its score, and its
-colour encodes sign (green up, red down) and size relative to the largest |score| -- named ANSI
-colours only, so 16-colour terminals show the same picture. Cells the filter does not match,
-in rows and columns it shows, are drawn as a dim `·`.
+input, some neurons), a yellow `…` one just toggled whose command has not finished (at XL size
+the forward behind a toggle can take a while on a CPU; the mark shows at once). With a
+node-score result selected each cell shows its score, and its colour encodes sign (green up,
+red down) and size relative to the largest |score| -- named ANSI colours only, so 16-colour
+terminals show the same picture. Cells the filter does not match, in rows and columns it
+shows, are drawn as a dim `·`.
 
 Invariant: the grid never calls the session; its own state is the cursor, the filter and the
 scroll position.
@@ -135,6 +137,7 @@ class HeadGrid(ScrollView, can_focus=True):
         self.cols_shown: tuple[int, ...] = ()  # columns shown, in order
         self.matched: frozenset[Cell] | None = None  # None: no filter, every cell matches
         self.cells_built = 0  # cell renders since start (tests: a toggle redraws one cell)
+        self.pending: dict[str, bool] = {}  # toggled, command not shown yet: name -> ablated?
         self._cells: dict[Cell, list[Segment]] = {}
         self._rows: dict[int, Strip] = {}
         self._header: Strip | None = None
@@ -158,13 +161,24 @@ class HeadGrid(ScrollView, can_focus=True):
         elif old.scores is not view.scores:
             changed |= {n for n in set(old.scores) | set(view.scores)
                         if old.scores.get(n) != view.scores.get(n)}
+        done = {n for n, want in self.pending.items() if (n in view.ablated) == want}
+        for name in done:
+            del self.pending[name]
         _, where = _names(view.n_layers, view.n_heads)
-        self._invalidate([where[n] for n in changed if n in where])
+        self._invalidate([where[n] for n in changed | done if n in where])
         if old.title != view.title:
             self.refresh()  # the caption
 
+    def settle(self) -> None:
+        """Nothing is queued any more: drop marks of toggles that did not happen (failed)."""
+        if self.pending and self.view is not None:
+            _, where = _names(self.view.n_layers, self.view.n_heads)
+            stale, self.pending = list(self.pending), {}
+            self._invalidate([where[n] for n in stale if n in where])
+
     def _reset(self, keep_filter: bool = False) -> None:
         v = self.view
+        self.pending = {}
         self._cells.clear()
         self._rows.clear()
         self._header = None
@@ -318,6 +332,8 @@ class HeadGrid(ScrollView, can_focus=True):
         body = _fmt(score) if score is not None else ("  off" if mark == "x" else "   on")
         style = _score_style(score, v.scale) if score is not None else (
             "bold red" if mark == "x" else ("yellow" if mark == "~" else "green"))
+        if name in self.pending:  # toggled; the command is queued or running
+            mark, style = "…", "bold yellow"
         if mark == "x" and score is not None:
             style += " strike"
         if (col, layer) == self.cursor and self.has_focus:
@@ -392,7 +408,10 @@ class HeadGrid(ScrollView, can_focus=True):
             return
         if self.matched is not None and (self.cursor[1], self.cursor[0]) not in self.matched:
             return  # a dim cell the filter hides
-        self.post_message(self.Toggled(node, node in self.view.ablated))
+        ablated = node in self.view.ablated
+        self.pending[node] = not ablated
+        self._invalidate([(self.cursor[1], self.cursor[0])])
+        self.post_message(self.Toggled(node, ablated))
 
     def action_ablate_shown(self) -> None:
         v = self.view
@@ -451,7 +470,7 @@ class HeadGrid(ScrollView, can_focus=True):
         if lo < x:
             x = lo
         elif hi > x + room:
-            x = hi - room
+            x = -(-(hi - room) // CELL) * CELL  # whole cells at the left edge
         if (x, y) != tuple(self.scroll_offset):
             self.scroll_to(x, y, animate=False, immediate=True)
 
