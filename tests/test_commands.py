@@ -195,7 +195,8 @@ def test_unknown_option_suggests_the_option() -> None:
     assert _error("ablate a9.1 colour=red") == (
         "ablate has no option 'colour': its options are mode, pos"
     )
-    assert _error("perf fast=1") == "perf has no option 'fast': it takes no options"
+    assert _error("perf fast=1") == "perf has no option 'fast': its options are metric"
+    assert _error("compare c1 c2 fast=1") == "compare has no option 'fast': it takes no options"
 
 
 def test_open_option_verbs_accept_any_key() -> None:
@@ -222,12 +223,12 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         (
             "metric logitdiff",
             "unknown metric 'logitdiff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "metric logit-diff",
             "unknown metric 'logit-diff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "ablate a9.1 mode=maen",

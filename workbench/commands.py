@@ -35,7 +35,7 @@ __all__ = [
     "parse",
 ]
 
-METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl")
+METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl", "l2")  # == metrics.METRICS
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
 EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -79,8 +79,8 @@ VERBS: dict[str, VerbSpec] = {
         "prompts PATH.jsonl", "load a prompt set from a JSONL file of pairs", 1, 1, ()
     ),
     "metric": VerbSpec(
-        "metric logit_diff|prob|accuracy|kl",
-        "choose the metric that performance % is built on",
+        "metric logit_diff|prob|accuracy|kl|l2|NAME",
+        "choose the metric performance % and every technique use (NAME: the session's own)",
         1,
         1,
         (),
@@ -100,11 +100,11 @@ VERBS: dict[str, VerbSpec] = {
         (),
     ),
     "perf": VerbSpec(
-        "perf",
+        "perf [metric=NAME]",
         "performance % now (with current ablations), raw metric, accuracy, per-digit",
         0,
         0,
-        (),
+        ("metric",),
     ),
     "run": VerbSpec(
         "run TECHNIQUE [key=value ...]",
@@ -121,11 +121,11 @@ VERBS: dict[str, VerbSpec] = {
         ("top", "threshold"),
     ),
     "check": VerbSpec(
-        "check c<n> [mode=mean] [level=node|edge]",
+        "check c<n> [mode=mean] [level=node|edge] [metric=NAME]",
         "faithfulness: performance % with everything outside c<n> ablated",
         1,
         1,
-        ("mode", "level"),
+        ("mode", "level", "metric"),
     ),
     "compare": VerbSpec(
         "compare c<n> c<m>",

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -30,7 +30,7 @@ from workbench.ablation import Ablation, AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, parse_node
-from workbench.metrics import MetricName
+from workbench.metrics import BUILTIN_METRICS, Metric, MetricName, get_metric
 from workbench.model import LoadedModel
 from workbench.tasks import PromptSet, coerce
 from workbench.tasks.encode import EncodedPrompts
@@ -61,6 +61,12 @@ class Context:
     ablations: tuple[Ablation, ...] = ()
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
+    metrics: Mapping[str, Metric] = field(default_factory=lambda: dict(BUILTIN_METRICS))
+
+    def metric_fn(self, name: str | None = None) -> Metric:
+        """The metric called `name` (built in or given to the session); None: the session's.
+        Every technique that scores runs takes its metric from here."""
+        return get_metric(name or self.metric, self.metrics)
 
     def check(self) -> None:
         """Stop here if the user pressed Esc."""
@@ -80,6 +86,7 @@ class NodeScores:
     unit: str = ""
     extra: dict[str, float] = field(default_factory=dict)  # e.g. DLA's constant term
     kind: str = "node_scores"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         top = sorted(self.scores.items(), key=lambda kv: -abs(kv[1]))[:10]
@@ -100,6 +107,7 @@ class EdgeScores:
     values: Tensor  # (n_edges,)
     unit: str = ""
     kind: str = "edge_scores"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         top = self.ranked()[:10]
@@ -122,6 +130,7 @@ class Table:
     values: Tensor  # (len(rows), len(cols))
     unit: str = ""
     kind: str = "table"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         flat = self.values.flatten().abs().argsort(descending=True)[:5].tolist()
@@ -141,6 +150,7 @@ class Curve:
     ys: dict[str, tuple[float, ...]]
     y_label: str = ""
     kind: str = "curve"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title, "n": len(self.x),
@@ -154,6 +164,7 @@ class CircuitResult:
     title: str
     circuit: Circuit
     kind: str = "circuit"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title, "nodes": len(self.circuit.nodes),
@@ -167,6 +178,7 @@ class Composite:
     title: str
     parts: tuple[tuple[str, Any], ...]  # (name, result); the first with scores feeds `select`
     kind: str = "composite"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title,
