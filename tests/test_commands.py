@@ -54,6 +54,7 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]]] = 
         ("eap_ig",),
         (("steps", "8"), ("anything", "goes")),
     ),
+    ("select r3", "select", ("r3",), ()),
     ("select r1 top=10", "select", ("r1",), (("top", "10"),)),
     ("select r12 threshold=0.05", "select", ("r12",), (("threshold", "0.05"),)),
     ("select a0.1 m1", "select", ("a0.1", "m1"), ()),
@@ -173,7 +174,6 @@ def test_unknown_verb_without_close_match_points_to_help() -> None:
         ("metric", "metric"),
         ("restore", "restore"),
         ("restore all a9.1", "restore"),
-        ("select r1", "select"),
         ("select r1 top=3 threshold=0.1", "select"),
         ("select r1 r2 top=3", "select"),
         ("help ablate restore", "help"),
@@ -187,7 +187,7 @@ def test_usage_strings_match_design() -> None:
     assert VERBS["ablate"].usage == "ablate NODE... [mode=zero|mean|resample] [pos=P]"
     assert VERBS["restore"].usage == "restore NODE... | restore all"
     assert VERBS["export"].usage == "export c<n> PATH.dot|.svg|.png|.json"
-    assert VERBS["select"].usage == ("select r<n> top=K | select r<n> threshold=T | select NODE...")
+    assert VERBS["select"].usage == "select r<n> [top=K | threshold=T] | select NODE..."
 
 
 def test_unknown_option_suggests_the_option() -> None:

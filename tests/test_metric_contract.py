@@ -194,3 +194,48 @@ def test_corrupted_side_eap_is_the_mask_gradient_of_the_swapped_run(
         fn.per_prompt(logits, engine.enc, engine.clean_logits).mean().backward()
     assert keep.grad is not None and keep.grad.abs().max() > 1e-4
     torch.testing.assert_close(ours, keep.grad, atol=1e-5, rtol=1e-3)
+
+
+# -- select on circuits and connectivity -------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [
+    "run acdc tau=0.5", "run mask steps=3 batch_size=8 target_edges=10",
+    "run prune thresholds=80 orders=0",
+])
+def test_select_takes_a_circuit_result_as_it_is(mine: Session, line: str) -> None:
+    rid = ok(mine, line)["id"]
+    out = ok(mine, f"select {rid}")
+    result = mine.state.result(rid)
+    found = result.circuit if hasattr(result, "circuit") else result.parts[0][1].circuit
+    circuit = mine.state.circuit(out["id"]).circuit
+    assert (circuit.nodes, circuit.edges) == (found.nodes, found.edges) and out["edges"] > 0
+    again = ok(mine, f"select {rid} top=1")  # old session files: accepted, said to be unused
+    assert again["edges"] == out["edges"] and "not used" in again["note"]
+
+
+def test_select_on_scores_still_needs_top_or_threshold(mine: Session) -> None:
+    rid = ok(mine, "run eap")["id"]
+    bad = mine.execute(f"select {rid}")
+    assert not bad.ok and bad.error == (
+        "select: this result holds edge scores, not a circuit; give top=K or threshold=T")
+
+
+def test_select_top_drops_edges_cut_off_from_input_or_logits(mine: Session) -> None:
+    import networkx as nx
+
+    rid = ok(mine, "run eap metric=logit_diff")["id"]
+    scores = mine.state.result(rid)
+    top = [e for e, _ in scores.ranked()[:40]]
+    out = ok(mine, f"select {rid} top=40")
+    circuit = mine.state.circuit(out["id"]).circuit
+    assert out["edges"] + out["dropped"] == 40 and out["dropped"] > 0
+    g = nx.DiGraph([e.ends()[:2] for e in top])
+    for edge in top:  # brute force: on a path input -> src -> dst -> logits, or dropped
+        src, dst, _ = edge.ends()
+        on_path = (src == "input" or nx.has_path(g, "input", src)) and (
+            dst == "logits" or nx.has_path(g, dst, "logits"))
+        assert (edge in circuit) == on_path, edge
+    threshold = abs(scores.ranked()[40][1])
+    by_threshold = ok(mine, f"select {rid} threshold={threshold}")
+    assert by_threshold["edges"] + by_threshold.get("dropped", 0) >= 40

@@ -114,8 +114,9 @@ VERBS: dict[str, VerbSpec] = {
         None,
     ),
     "select": VerbSpec(
-        "select r<n> top=K | select r<n> threshold=T | select NODE...",
-        "turn a result's scores, or a list of nodes, into a circuit c<n>",
+        "select r<n> [top=K | threshold=T] | select NODE...",
+        "turn a result's scores (a circuit result as it is), or a list of nodes, into c<n>; "
+        "edges cut off from input or logits are dropped",
         1,
         None,
         ("top", "threshold"),
@@ -315,7 +316,7 @@ def _check_select(cmd: Command) -> None:
     if not by_score:
         return  # select NODE...
     _result_id("select", first)
-    if len(cmd.args) != 1 or len(cmd.options) != 1:
+    if len(cmd.args) != 1 or len(cmd.options) > 1:
         raise _usage(VERBS["select"])
     top, threshold = cmd.option("top"), cmd.option("threshold")
     if top is not None:

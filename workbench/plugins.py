@@ -29,7 +29,7 @@ from torch import Tensor
 from workbench.ablation import Ablation, AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
-from workbench.graph import Circuit, Edge, Graph, parse_node
+from workbench.graph import Circuit, Edge, Graph, connected, parse_node
 from workbench.metrics import BUILTIN_METRICS, Metric, MetricName, get_metric
 from workbench.model import LoadedModel
 from workbench.tasks import PromptSet, coerce
@@ -239,34 +239,60 @@ def load_registry(builtins: tuple[str, ...] = BUILTINS) -> dict[str, Technique]:
     return registry
 
 
-def select_circuit(result: Result, graph: Graph, top: int | None = None,
-                   threshold: float | None = None, name: str = "") -> Circuit:
-    """Turn scores into a circuit: the `top` largest |scores|, or all with |score| >= threshold."""
+@dataclass(frozen=True)
+class Selection:
+    """What `select` made: the circuit, and how many chosen edges were dropped because they
+    no longer connect `input` to `logits`."""
+
+    circuit: Circuit
+    dropped: int = 0
+    note: str = ""
+
+
+def select(result: Result, graph: Graph, top: int | None = None,
+           threshold: float | None = None, name: str = "") -> Selection:
+    """A circuit from a result. A circuit result (ACDC, mask, prune) is its own circuit (top=
+    and threshold= are not needed; given, they are not used and the note says so). Node
+    scores: the `top` largest |scores|, or all with |score| >= threshold, with every graph
+    edge between them. Edge scores: the same cut, then only the edges on a path from input
+    to logits (`graph.connected`)."""
     if isinstance(result, Composite):
         first = next((p for _, p in result.parts if not isinstance(p, Table | Curve)), None)
         if first is None:
             raise WorkbenchError("this result has no scores or circuit to select from")
-        return select_circuit(first, graph, top, threshold, name)
+        return select(first, graph, top, threshold, name)
     if isinstance(result, CircuitResult):
-        return result.circuit
+        given = top is not None or threshold is not None  # old session files say top=1
+        return Selection(result.circuit, note="a circuit result selects itself; top= and "
+                         "threshold= are not used" if given else "")
     if isinstance(result, NodeScores):
         ranked = [(k, v) for k, v in result.ranked() if k not in ("input", "logits")]
-        keep = _cut(ranked, top, threshold)
+        keep = _cut(ranked, top, threshold, result.kind)
         nodes = [parse_node(k).base() for k, _ in keep]
         circuit = Circuit.from_nodes(nodes, graph, name=name)
-        return Circuit(nodes=circuit.nodes, edges=circuit.edges,
-                       scores={k: v for k, v in keep}, name=name)
+        return Selection(Circuit(nodes=circuit.nodes, edges=circuit.edges,
+                                 scores={k: v for k, v in keep}, name=name))
     if isinstance(result, EdgeScores):
-        keep = _cut(result.ranked(), top, threshold)
-        return Circuit.from_edges([e for e, _ in keep],
-                                  scores={str(e): v for e, v in keep}, name=name)
+        cut = _cut(result.ranked(), top, threshold, result.kind)
+        score = dict(cut)
+        kept, dropped = connected(e for e, _ in cut)
+        return Selection(Circuit.from_edges(kept, scores={str(e): score[e] for e in kept},
+                                            name=name), len(dropped))
     raise WorkbenchError(f"a {result.kind} result has no scores to select from; "
                          "use select NODE... instead")
 
 
-def _cut(ranked: list[Any], top: int | None, threshold: float | None) -> list[Any]:
+def select_circuit(result: Result, graph: Graph, top: int | None = None,
+                   threshold: float | None = None, name: str = "") -> Circuit:
+    """`select(...).circuit`."""
+    return select(result, graph, top, threshold, name).circuit
+
+
+def _cut(ranked: list[Any], top: int | None, threshold: float | None, kind: str
+         ) -> list[Any]:
     if top is not None:
         return ranked[:top]
     if threshold is not None:
         return [(k, v) for k, v in ranked if abs(v) >= threshold]
-    raise WorkbenchError("select needs top=K or threshold=T")
+    raise WorkbenchError(f"select: this result holds {kind.replace('_', ' ')}, not a circuit; "
+                         "give top=K or threshold=T")

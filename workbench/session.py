@@ -37,7 +37,7 @@ from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
 from workbench.metrics import BUILTIN_METRICS, Metric, as_metric, get_metric
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
-from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select_circuit
+from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select
 from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
@@ -287,9 +287,9 @@ class Session:
         if first.startswith("r") and first[1:].isdigit():
             top, threshold = cmd.option("top"), cmd.option("threshold")
             result = self.state.result(first)
-            circuit = select_circuit(result, engine.graph,
-                                     top=int(top) if top else None,
-                                     threshold=float(threshold) if threshold else None)
+            chosen = select(result, engine.graph, top=int(top) if top else None,
+                            threshold=float(threshold) if threshold else None)
+            circuit, dropped, note = chosen.circuit, chosen.dropped, chosen.note
             level = "node" if result.kind == "node_scores" else "edge"
         else:
             targets = self._targets(cmd.args, engine.graph, None)
@@ -299,12 +299,18 @@ class Session:
                                      "select r<n> top=K picks edges from edge scores")
             nodes = [n.base() for n in targets]
             circuit, level = Circuit.from_nodes(nodes, engine.graph), "node"
+            dropped, note = 0, ""
         cid = f"c{self.state.n_circuits + 1}"
         circuit = Circuit(circuit.nodes, circuit.edges, circuit.scores, name=cid)
         self.state = replace(self.state, circuits=self.state.circuits + (
             (cid, NamedCircuit(circuit, level)),), n_circuits=self.state.n_circuits + 1)
-        return {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
-                "edges": len(circuit.edges)}, circuit
+        out = {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
+               "edges": len(circuit.edges)}
+        if dropped:  # edge scores: chosen edges cut off from input or logits
+            out["dropped"] = dropped
+        if note:
+            out["note"] = note
+        return out, circuit
 
     def _check(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         named = self.state.circuit(cmd.args[0])
