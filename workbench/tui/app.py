@@ -24,7 +24,7 @@ from pathlib import Path
 
 from textual import on
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical
 from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 
 from workbench.session import Outcome, Session
@@ -99,8 +99,7 @@ class WorkbenchApp(SessionRunner):
                 with TabPane("results", id="results"):
                     yield ResultsPane(id="results-pane")
                 with TabPane("graph", id="graph"):
-                    with VerticalScroll():
-                        yield GraphView(id="graph-view")
+                    yield GraphView(id="graph-view")
         with Horizontal(id="status-row"):
             yield Static("starting...", id="status")
             yield ProgressBar(id="progress", show_eta=False)
