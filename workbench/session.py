@@ -191,7 +191,8 @@ class Session:
         except Exception as exc:  # a bug: one line and a crash report, never a traceback
             log.debug("command %r raised", text, exc_info=True)
             self.state = before
-            outcome = Outcome(n, text[:200], False, error=crash_report(exc, f"execute {text!r}"),
+            error = crash_report(exc, f"execute {text[:1000]!r}") + "; the state is unchanged"
+            outcome = Outcome(n, text[:200], False, error=error,
                               seconds=time.perf_counter() - start)
         if not outcome.ok:
             self.state = before  # a failed command leaves the state exactly as it was
