@@ -40,6 +40,7 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
@@ -110,7 +111,7 @@ class WorkbenchApp(SessionRunner):
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
-        self._boot()
+        self.boot()
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -120,10 +121,18 @@ class WorkbenchApp(SessionRunner):
         if last is not None and not last.ok:  # e.g. the model did not load
             self.notify(one_line(f"{last.cmd}: {last.error}"), severity="error")
         self._apply(message.snapshot)
-        self.ready = True
+        self.ready = True  # the grid and the keys work; performance follows (ViewsReady)
+        self._status("measuring performance...")
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        try:
+            self._apply(message.snapshot)
+        except Exception as exc:
+            log.exception("showing the first views failed")
+            self.notify(one_line(f"cannot show the state: {exc}"), severity="error")
         self._status("ready")
         self._set_running(False)
-        self._start_drain()
+        super().on_views_ready(message)
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
