@@ -306,6 +306,7 @@ class WorkbenchApp(SessionRunner):
         self._status("  ".join(words[:12]) + more)
 
     @on(CommandLine.Left)
+    @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 
