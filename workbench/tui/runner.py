@@ -26,9 +26,9 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 from workbench.session import Outcome, Session
-from workbench.tui.boot import open_session
+from workbench.tui.boot import open_or_fresh
 from workbench.tui.messages import (
     Booted,
     BootFailed,
@@ -73,24 +73,26 @@ class SessionRunner(App[None]):
     @work(thread=True, exit_on_error=False, group="session")
     def _boot(self) -> None:
         try:
+            notices: list[str] = []
             if self._given is not None:
                 session, outcomes = self._given, list(self._given.outcomes)
             else:
                 model, path, device, download = self._open_args
                 self.post_message(Progress(None, f"loading {model or 'the default model'}"))
-                session, outcomes = open_session(model, path, device, self._progress(),
-                                                 self._cancel.is_set, download)
+                opened = open_or_fresh(model, path, device, self._progress(),
+                                       self._cancel.is_set, download)
+                session, outcomes, notices = opened.session, opened.outcomes, opened.notices
             first = Snapshot(None, problem="measuring performance...") \
                 if session.state.model is not None else self._build(session, None)
-            self.post_message(Booted(session, first, outcomes))  # usable: grid, card, keys
+            self.post_message(Booted(session, first, outcomes, notices))  # usable: grid, keys
             self.post_message(ViewsReady(self._build(session, None)))
         except WorkbenchError as exc:
             self.busy = False
             self.post_message(BootFailed(str(exc)))
         except Exception as exc:  # a bug must not leave a traceback on the user's terminal
-            log.exception("opening the session failed")
+            log.debug("opening the session failed", exc_info=True)
             self.busy = False
-            self.post_message(BootFailed(f"cannot open the session: {exc}"))
+            self.post_message(BootFailed(crash_report(exc, "opening the session")))
 
     def on_views_ready(self, message: ViewsReady) -> None:
         """The first views are shown (by the subclass); queued commands may run now."""
@@ -125,9 +127,10 @@ class SessionRunner(App[None]):
             try:
                 outcome = session.execute(line, progress=self._progress(),
                                           cancelled=self._cancel.is_set)
-            except Exception as exc:  # a bug in the core or a plugin: one line, no traceback
-                log.exception("command %r failed", line)
-                outcome = Outcome(n=0, cmd=line, ok=False, error=f"internal error: {exc}")
+            except Exception as exc:  # Session.execute catches bugs itself; this is a last guard
+                log.debug("command %r failed", line, exc_info=True)
+                outcome = Outcome(n=0, cmd=line[:200], ok=False,
+                                  error=crash_report(exc, f"running {line[:200]!r}"))
             snapshot = self._build(session, outcome, prompts=False)
             self.post_message(CommandFinished(outcome, snapshot))  # performance first
             if snapshot.prompts is None and snapshot.key is not None and not self._queue:
@@ -142,8 +145,8 @@ class SessionRunner(App[None]):
             else:
                 self._worker_last = build_snapshot(session, outcome, last, prompts=prompts)
         except Exception as exc:
-            log.exception("building the views failed")
-            self._worker_last = Snapshot(None, problem=f"cannot show this state: {exc}")
+            self._worker_last = Snapshot(None, problem="cannot show this state: "
+                                         + crash_report(exc, "building the views"))
         return self._worker_last
 
     def _progress(self) -> Callable[[float, str], None]:
