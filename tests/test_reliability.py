@@ -320,3 +320,20 @@ def test_long_runs_are_estimated_and_refused_before_work(
     assert "WORKBENCH_MAX_WORK=" in error and "over the limit of 500" in error
     assert "over the limit" in failed(s, "run mask steps=1000")
     assert s.execute("run mask steps=5").ok  # 16 x 12 FE: under the limit
+
+
+def test_a_log_that_cannot_grow_keeps_memory_and_file_in_step(
+    s: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workbench.sessionlog as sessionlog
+
+    def full(path: object, line: str) -> None:
+        raise sessionlog.WorkbenchError(f"cannot append to '{path}': No space left on device")
+
+    before, n, logged = s.state, len(s.outcomes), s.path.read_bytes()
+    monkeypatch.setattr(sessionlog, "append_line", full)
+    outcome = s.execute("ablate a0.1")
+    assert not outcome.ok and "No space left" in outcome.error and "not kept" in outcome.error
+    assert s.state is before and len(s.outcomes) == n and s.path.read_bytes() == logged
+    monkeypatch.undo()
+    assert s.execute("ablate a0.1").n == n + 1

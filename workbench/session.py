@@ -159,7 +159,7 @@ class Session:
         start = time.perf_counter()
         n = len(self.outcomes) + 1
         text = str(line).strip()
-        before = self.state
+        before, stacks = self.state, (list(self.undo_stack), list(self.redo_stack))
         try:
             limit = settings.current().max_line
             if len(text) > limit:
@@ -198,8 +198,13 @@ class Session:
             self.state = before  # a failed command leaves the state exactly as it was
             if len(outcome.cmd) > 1000:  # the log keeps a bounded copy of a pasted blob
                 outcome = dataclasses.replace(outcome, cmd=outcome.cmd[:1000] + "…")
+        try:
+            self._append_log(outcome)
+        except WorkbenchError as exc:  # e.g. disk full: keep memory and file in step
+            self.state, (self.undo_stack, self.redo_stack) = before, stacks
+            return Outcome(0, outcome.cmd, False, error=f"{exc}; the command was not kept "
+                           "(state unchanged)", seconds=outcome.seconds)
         self.outcomes.append(outcome)
-        self._append_log(outcome)
         return outcome
 
     # -- verbs -------------------------------------------------------------------------------
