@@ -49,14 +49,40 @@ KEYS = st.sampled_from(["n", "seed", "mode", "pos", "top", "threshold", "tau", "
 OPTION = st.builds(lambda k, v: f"{k}={v}", KEYS, VALUES)
 # Verbs that touch no model files and finish fast on 8 prompts (load is fuzzed by name only).
 FAST_VERBS = [v for v in VERBS if v not in ("load",)] + ["lod", "RUN", "sae"]
+NAME = st.sampled_from(["a0.0", "a0.1", "a1.3", "m0", "m1", "a0.*", "m*", "a0.1<q>", "a1.0@-1",
+                        "a0.0->a1.2<v>", "m0->logits", "a2.0", "a0.9", "a０.1"])
+SMALL = st.sampled_from(["1", "2", "3", "5", "0", "-1", "nan", "inf", "1e999", "１", "10**9"])
+# Mostly well-formed commands, so the fuzzer reaches the verbs and not only the parser.
+STRUCTURED = st.one_of(
+    st.builds(lambda ns, m: " ".join(["ablate", *ns, *m]), st.lists(NAME, min_size=1,
+              max_size=3), st.lists(st.sampled_from(["mode=zero", "mode=resample", "pos=-1",
+                                                     "pos=99"]), max_size=1)),
+    st.builds(lambda ns: " ".join(["restore", *ns]), st.lists(NAME, min_size=1, max_size=2)),
+    st.builds(lambda t, o, v: f"run {t} {o}={v}", st.sampled_from(sorted(
+        ["dla", "logit_lens", "attn", "eap", "patch", "acdc"])), st.sampled_from(
+        ["mode", "tau", "digit", "batch_size", "k", "metric", "layer"]), st.one_of(SMALL, VALUES)),
+    st.builds(lambda t: f"run {t}", st.sampled_from(["dla", "logit_lens", "eap", "patch"])),
+    st.builds(lambda r, k: f"select {r} top={k}", st.sampled_from(["r1", "r2", "r3"]), SMALL),
+    st.builds(lambda ns: " ".join(["select", *ns]), st.lists(NAME, min_size=1, max_size=3)),
+    st.builds(lambda c, m: f"check {c} {m}", st.sampled_from(["c1", "c2"]),
+              st.sampled_from(["", "mode=zero", "level=edge", "level=node"])),
+    st.builds(lambda d, n, c: f"task addition digits={d} n={n} {c}", SMALL, SMALL,
+              st.sampled_from(["", "corrupt=random_digit", "corrupt=bogus", "split=train"])),
+    st.sampled_from(["perf", "undo", "redo", "restore all", "metric kl", "metric prob",
+                     "metric logit_diff", "compare c1 c2", "export c1 out/c.json",
+                     "export c1 ../c.dot", "save out/s.jsonl", "prompts p.jsonl",
+                     "prompts missing.jsonl", "help run"]),
+)
 LINE = st.one_of(
+    STRUCTURED,
+    STRUCTURED,
     st.builds(lambda v, ws: " ".join([v, *ws]), st.sampled_from(FAST_VERBS),
               st.lists(st.one_of(WORDS, OPTION), max_size=5)),
     st.text(max_size=80),
 )
 
 # The cheap techniques `run` may pick (the expensive ones have their own tests).
-CHEAP = {"dla", "logit_lens", "attn", "eap", "patch"}
+CHEAP = {"dla", "logit_lens", "attn", "eap", "patch", "acdc"}
 
 
 @settings(BOUNDED, max_examples=400)
@@ -180,7 +206,7 @@ def fuzz_session(add3: LoadedModel, tmp_path_factory: pytest.TempPathFactory) ->
     return s
 
 
-@settings(BOUNDED, max_examples=200)
+@settings(BOUNDED, max_examples=150)
 @given(st.lists(LINE, min_size=1, max_size=4))
 def test_execute_never_raises_and_a_failure_changes_nothing(
     fuzz_session: Session, monkeypatch: pytest.MonkeyPatch, lines: list[str]
@@ -193,7 +219,8 @@ def test_execute_never_raises_and_a_failure_changes_nothing(
         before, undo, redo = s.state, list(s.undo_stack), list(s.redo_stack)
         logged = s.path.read_bytes()
         outcome = s.execute(line)
-        event(f"{(line.split() or ['blank'])[0][:8]!r} ok={outcome.ok}")
+        verb = (line.split() or ["blank"])[0]
+        event(f"{verb if verb in VERBS else 'other'} ok={outcome.ok}")
         if outcome.n:
             assert s.path.read_bytes().startswith(logged)  # append-only
         if outcome.ok:
@@ -202,3 +229,22 @@ def test_execute_never_raises_and_a_failure_changes_nothing(
         assert "internal error" not in outcome.error, (line, outcome.error)
         assert s.state is before and s.undo_stack == undo and s.redo_stack == redo
     s.execute("restore all")
+
+
+@settings(BOUNDED, max_examples=150)
+@given(prompt_files())
+def test_execute_on_random_prompt_files(fuzz_session: Session, data: bytes) -> None:
+    s = fuzz_session
+    assert s.writes.root is not None
+    path = s.writes.root / "random.jsonl"
+    path.write_bytes(data)
+    before = s.state
+    outcome = s.execute(f"prompts {path}")
+    event(f"prompts ok={outcome.ok}")
+    if outcome.ok:
+        assert s.state.prompts is not None and s.state.prompts is not before.prompts
+        assert s.execute("undo").ok and s.state is before
+    else:
+        assert outcome.error and "\n" not in outcome.error
+        assert "internal error" not in outcome.error, outcome.error
+        assert s.state is before

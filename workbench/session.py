@@ -259,7 +259,13 @@ class Session:
                              "max_prompts in settings.toml)")
 
     def _prompts(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        prompts = PromptSet.load_jsonl(Path(cmd.args[0]))
+        path = Path(cmd.args[0])
+        limit = settings.current().max_prompts
+        if path.is_file() and path.stat().st_size > limit * 4096:  # ~4 KB a pair at most
+            raise WorkbenchError(f"prompts: {path} is {path.stat().st_size:,} bytes, more than "
+                                 f"{limit:,} pairs can take: use a smaller file, or raise "
+                                 "max_prompts (WORKBENCH_MAX_PROMPTS)")
+        prompts = PromptSet.load_jsonl(path)
         self._check_size(len(prompts), prompts)
         check_alphabet(prompts, self.state.model)
         return self._set_prompts(prompts)
