@@ -18,7 +18,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-VERBS = ("eval", "train", "replay", "open", "finetune")
+VERBS = ("eval", "train", "replay", "open", "finetune", "plot-train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     handlers: dict[str, Callable[[list[str]], int]] = {
         "open": cmd_open, "eval": cmd_eval, "train": cmd_train, "replay": cmd_replay,
-        "finetune": cmd_finetune,
+        "finetune": cmd_finetune, "plot-train": cmd_plot_train,
     }
     try:
         return handlers[verb](args)
@@ -254,4 +254,33 @@ def cmd_finetune(argv: list[str]) -> int:
           f"{'n/a' if result.val_loss is None else f'{result.val_loss:.4f}'}, multiplication "
           f"exact match {'n/a' if result.task_accuracy is None else f'{result.task_accuracy:.4f}'}"
           f" ({result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_plot_train(argv: list[str]) -> int:
+    """Per-digit loss/accuracy curves of a `workbench train` run, shelves marked; with
+    --confusion, per-digit confusion matrices and carry accuracy at its saved checkpoints."""
+    p = argparse.ArgumentParser(prog="workbench plot-train",
+                                description="plot a training run's dynamics")
+    p.add_argument("run", type=Path, help="a directory written by workbench train")
+    p.add_argument("--out", type=Path, required=True, help="FILE.png|.svg|.pdf")
+    p.add_argument("--confusion", type=Path, default=None,
+                   help="also write confusion matrices at the saved checkpoints here")
+    p.add_argument("--n", type=int, default=500, help="held-out problems per checkpoint")
+    args = p.parse_args(argv)
+    from workbench.figures_mpl import FORMATS, save
+    from workbench.training import curves_figure, dynamics, dynamics_figure, read_log, shelf_lines
+
+    for out in (args.out, args.confusion):
+        if out is not None and out.suffix.lower().lstrip(".") not in FORMATS:
+            raise WorkbenchError(f"plot-train: '{out}' needs a suffix .png|.svg|.pdf")
+    log = read_log(args.run)
+    print(f"wrote {save(curves_figure(log), args.out)}: {log.n_digits} digits, "
+          f"{len(log.steps)} logged steps")
+    for line in shelf_lines(log):
+        print(f"shelf {line}")
+    if args.confusion is not None:
+        snaps = dynamics(args.run, n=args.n)
+        steps = ", ".join(str(s.step) for s in snaps)
+        print(f"wrote {save(dynamics_figure(snaps), args.confusion)}: checkpoints at {steps}")
     return 0
