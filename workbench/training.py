@@ -138,7 +138,7 @@ def named_level(level: float, within: float = 0.04) -> str | None:
     return None
 
 
-def curves_figure(log: TrainLog) -> Panels:
+def curves_figure(log: TrainLog, marks: tuple[float, ...] = ()) -> Panels:
     """Per-digit loss (log scale, shelves marked), per-digit accuracy, held-out accuracy."""
     names = [f"d{d}" for d in range(log.n_digits)]
     found = tuple((names[d], x0, x1, level) for d in range(log.n_digits)
@@ -147,9 +147,10 @@ def curves_figure(log: TrainLog) -> Panels:
     loss = Lines("training loss per answer digit (shelves dashed)", "step", "cross-entropy",
                  tuple(float(s) for s in log.steps),
                  tuple(zip(names, log.digit_loss, strict=True)), log_y=True, shelves=found,
-                 notes=notes)
+                 marks=marks, notes=notes)
     acc = Lines("training accuracy per answer digit", "step", "accuracy",
-                tuple(float(s) for s in log.steps), tuple(zip(names, log.digit_acc, strict=True)))
+                tuple(float(s) for s in log.steps), tuple(zip(names, log.digit_acc, strict=True)),
+                marks=marks)
     held = Lines("held-out accuracy", "step", "accuracy", tuple(float(s) for s in log.test_steps),
                  (*zip(names, log.test_digit_acc, strict=True),
                   ("exact match", log.exact_match)))
