@@ -40,6 +40,7 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
@@ -116,7 +117,7 @@ class WorkbenchApp(SessionRunner):
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
-        self._boot()
+        self.boot()
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -129,10 +130,20 @@ class WorkbenchApp(SessionRunner):
             self.notify(one_line(notice), severity="warning", timeout=15)
             self.query_one(LogPane).note(one_line(notice))
         self._apply(message.snapshot)
-        self.ready = True
+        self.ready = True  # the grid and the keys work; performance follows (ViewsReady)
+        self._status("measuring performance...")
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        try:
+            self._apply(message.snapshot)
+        except Exception as exc:
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the state: " + crash_report(
+                exc, "showing the first views")), severity="error")
         self._status("ready")
         self._set_running(False)
-        self._start_drain()
+        super().on_views_ready(message)
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
@@ -313,6 +324,7 @@ class WorkbenchApp(SessionRunner):
         self._status("  ".join(words[:12]) + more)
 
     @on(CommandLine.Left)
+    @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 
