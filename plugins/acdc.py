@@ -151,7 +151,9 @@ def _tile(enc: EncodedPrompts, k: int) -> EncodedPrompts:
     return replace(enc, clean=enc.clean.repeat(k, 1), corrupted=enc.corrupted.repeat(k, 1),
                    answer_pos=enc.answer_pos.repeat(k, 1), answer=enc.answer.repeat(k, 1),
                    contrast=enc.contrast.repeat(k, 1), accepted=enc.accepted * k,
-                   lengths=enc.lengths.repeat(k))
+                   lengths=enc.lengths.repeat(k),
+                   answer_mask=None if enc.answer_mask is None else enc.answer_mask.repeat(k, 1),
+                   rejected=None if enc.rejected is None else enc.rejected * k)
 
 
 def run(ctx: Context, params: Params) -> CircuitResult:
