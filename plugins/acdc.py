@@ -24,7 +24,6 @@ Cost: about (n_layers - layer) / n_layers forward passes per tested edge (measur
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -34,7 +33,7 @@ from torch import Tensor
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Activations, Mode, Patch, State
-from workbench.graph import INPUT, Circuit, Edge, Node
+from workbench.graph import Circuit
 from workbench.metrics import metric_per_prompt
 from workbench.plugins import CircuitResult, Context, Technique
 from workbench.tasks.encode import EncodedPrompts
@@ -62,13 +61,11 @@ class AcdcStats:
 def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None = None
          ) -> tuple[Tensor, dict[int, float], AcdcStats]:
     """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
-    lay, graph, w = engine.forward.layout, engine.graph, engine.weights
+    lay, graph, w = engine.graph, engine.graph, engine.weights
     keep = torch.ones(lay.n_edges, **engine.kw)
     deltas = Activations.groups(engine.clean.deltas_from(engine.values[mode], w), lay.n_heads)
     current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]
-    outgoing: dict[Node, list[int]] = defaultdict(list)
-    for index, edge in enumerate(graph.edges):
-        outgoing[edge.src].append(index)
+    outgoing = {node: graph.outgoing(node) for node in graph.sources}
     scores: dict[int, float] = {}
     tested = forwards = 0
     layers_run = 0.0
@@ -77,8 +74,7 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
         if ctx is not None:
             ctx.check()
             ctx.progress(i / len(receivers), f"ACDC: {receiver} ({tested} edges tested)")
-        first = graph.edge_index[Edge(INPUT, receiver)]  # every receiver reads input first
-        incoming = list(range(first, first + graph.n_upstream(receiver)))
+        incoming = list(graph.incoming(receiver))
         if receiver.kind != "logits" and not keep[outgoing[receiver.base()]].any():
             keep[incoming] = 0.0  # its output is read by nothing kept: exact, untested
             continue
@@ -120,7 +116,7 @@ def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
     if params.replicas > 0:
         return params.replicas
     enc, w = engine.enc, engine.weights
-    lay = engine.forward.layout
+    lay = engine.graph
     per_row = enc.clean.shape[1] * w.W_E.shape[1] * 4  # one residual row, bytes
     downstream = lay.n_sources - (1 + start * (lay.n_heads + 1)) + 6 * lay.n_heads
     per_replica = enc.n * per_row * max(downstream, 1)
@@ -131,7 +127,7 @@ def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
 def _metric(engine: AblationEngine, params: Params, rows: Tensor, start: int,
             deltas: list[Tensor], mode: Mode) -> list[float]:
     """Metric of each keep vector in `rows` (k, n_edges), restarting at layer `start`."""
-    enc, lay = engine.enc, engine.forward.layout
+    enc, lay = engine.enc, engine.graph
     k = rows.shape[0]
     start = min(start, lay.n_layers)
     clean = engine.clean

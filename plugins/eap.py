@@ -29,7 +29,8 @@ from torch import Tensor
 
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Capture, Layout, Mode, Patch
+from workbench.forward import MODES, Capture, Mode, Patch
+from workbench.graph import Graph
 from workbench.metrics import metric_per_prompt
 from workbench.plugins import Context, EdgeScores, Technique
 
@@ -43,7 +44,7 @@ class Params:
 def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int = 0,
                      batch_size: int = 32, ctx: Context | None = None) -> Tensor:
     """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
-    lay, enc, w = engine.forward.layout, engine.enc, engine.weights
+    lay, enc, w = engine.graph, engine.enc, engine.weights
     total = torch.zeros(lay.n_edges, **engine.kw)
     alphas = [1.0] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
     chunks = list(range(0, enc.n, batch_size))
@@ -75,7 +76,7 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
     return total
 
 
-def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:
+def _scores(lay: Graph, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:
     """delta_s . g_r for every edge, laid out in graph edge order: one GEMM per receiver
     group, each group's gradient used as soon as it is made."""
     n = deltas.shape[0]

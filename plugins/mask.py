@@ -47,7 +47,7 @@ def run(ctx: Context, params: Params) -> Composite:
     if params.steps < 1 or params.batch_size < 1:
         raise WorkbenchError("mask needs steps >= 1 and batch_size >= 1")
     engine, mode = ctx.engine, params.mode or ctx.mode
-    lay, enc = engine.forward.layout, engine.enc
+    lay, enc = engine.graph, engine.enc
     torch.manual_seed(params.seed)
     theta = torch.full((lay.n_edges,), params.init, **engine.kw, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=params.lr)

@@ -106,7 +106,7 @@ class PathRunner:
     def __init__(self, engine: AblationEngine) -> None:
         self.engine = engine
         self.kw = {"device": engine.device, "dtype": engine.weights.W_E.dtype}
-        ones = torch.ones(engine.forward.layout.n_edges, **self.kw)  # type: ignore[arg-type]
+        ones = torch.ones(engine.graph.n_edges, **self.kw)  # type: ignore[arg-type]
         with torch.no_grad():
             _, self.state, _ = engine.forward.run(
                 engine.enc.clean, engine.enc.answer_pos, Patch(edge=ones, edge_mode="resample"),

@@ -186,7 +186,8 @@ def test_wrong_arguments_show_usage(line: str, verb: str) -> None:
 def test_usage_strings_match_design() -> None:
     assert VERBS["ablate"].usage == "ablate NODE... [mode=zero|mean|resample] [pos=P]"
     assert VERBS["restore"].usage == "restore NODE... | restore all"
-    assert VERBS["export"].usage == "export c<n> PATH.dot|.svg|.png|.json"
+    assert VERBS["export"].usage == (
+        "export c<n> PATH.dot|.svg|.png|.json|.pdf | export r<n> PATH.png|.svg|.pdf")
     assert VERBS["select"].usage == ("select r<n> top=K | select r<n> threshold=T | select NODE...")
 
 
@@ -251,10 +252,13 @@ def test_bad_values(line: str, message: str) -> None:
     assert _error(line) == message
 
 
-@pytest.mark.parametrize("path", ["out.pdf", "out", "out.dot.bak"])
+@pytest.mark.parametrize("path", ["out.gif", "out", "out.dot.bak"])
 def test_export_needs_a_known_suffix(path: str) -> None:
     assert _error(f"export c1 {path}") == (
-        f"export: '{path}' needs a suffix .dot|.svg|.png|.json to choose the format"
+        f"export: '{path}' needs a suffix .dot|.svg|.png|.json|.pdf to choose the format"
+    )
+    assert _error(f"export r1 {path}") == (
+        f"export: '{path}' needs a suffix .png|.svg|.pdf to choose the format"
     )
 
 
@@ -264,7 +268,8 @@ def test_export_needs_a_known_suffix(path: str) -> None:
         ("check r1", "check: expected a circuit id like c1, got 'r1'"),
         ("check c0", "check: expected a circuit id like c1, got 'c0'"),
         ("compare c1 x2", "compare: expected a circuit id like c1, got 'x2'"),
-        ("export 1 out.dot", "export: expected a circuit id like c1, got '1'"),
+        ("export 1 out.dot",
+         "export: expected a circuit id like c1 or a result id like r1, got '1'"),
         ("select c1 top=3", "select: expected a result id like r1, got 'c1'"),
         ("select rx threshold=0.1", "select: expected a result id like r1, got 'rx'"),
     ],

@@ -77,7 +77,7 @@ def linear(tmp_path_factory: pytest.TempPathFactory) -> AblationEngine:
 
 
 def _single_edge_effect(engine: AblationEngine, index: int, mode: str, name: str) -> float:
-    keep = torch.ones(engine.forward.layout.n_edges, **engine.kw)
+    keep = torch.ones(engine.graph.n_edges, **engine.kw)
     keep[index] = 0.0
     ref = engine.clean_logits
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_eap_scores_dead_edges_zero_and_live_edges_not(micro: AblationEngine) ->
 
 
 def test_eap_equals_gradient_of_the_edge_mask(micro: AblationEngine) -> None:
-    keep = torch.ones(micro.forward.layout.n_edges, requires_grad=True)
+    keep = torch.ones(micro.graph.n_edges, requires_grad=True)
     with torch.enable_grad():
         from workbench.metrics import metric_per_prompt
 

@@ -364,7 +364,7 @@ async def test_panes_use_only_the_16_ansi_colours(session: Session) -> None:
             app.submit(line)
         await settle(app, pilot)
         table = Table("t", ("a",), ("0", "1"), torch.tensor([[1.0, -1.0]]))
-        texts = [app.query_one(HeadGrid).render(), app.query_one(PerformancePane).details(),
+        texts = [app.query_one(HeadGrid).render_text(), app.query_one(PerformancePane).details(),
                  app.query_one(GraphView).render(),
                  render_result(session.state.result("r1")), render_result(table)]
     colours = set().union(*(_colours(t) for t in texts))

@@ -37,7 +37,8 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl")
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
-EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json")
+EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json", ".pdf")
+FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # export r<n>: matplotlib
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
@@ -135,8 +136,8 @@ VERBS: dict[str, VerbSpec] = {
         (),
     ),
     "export": VerbSpec(
-        "export c<n> PATH.dot|.svg|.png|.json",
-        "write a circuit as Graphviz DOT, SVG, PNG or JSON",
+        "export c<n> PATH.dot|.svg|.png|.json|.pdf | export r<n> PATH.png|.svg|.pdf",
+        "write a circuit (Graphviz DOT/SVG/PNG, JSON, PDF) or a result's figure (matplotlib)",
         2,
         2,
         (),
@@ -343,11 +344,17 @@ def _check_compare(cmd: Command) -> None:
 
 
 def _check_export(cmd: Command) -> None:
-    _circuit_id("export", cmd.args[0])
-    path = cmd.args[1]
-    if not path.lower().endswith(EXPORT_SUFFIXES):
+    target, path = cmd.args[0], cmd.args[1]
+    if _RESULT_ID.fullmatch(target):
+        suffixes = FIGURE_SUFFIXES
+    elif _CIRCUIT_ID.fullmatch(target):
+        suffixes = EXPORT_SUFFIXES
+    else:
+        raise WorkbenchError(f"export: expected a circuit id like c1 or a result id like r1, "
+                             f"got '{target}'")
+    if not path.lower().endswith(suffixes):
         raise WorkbenchError(
-            f"export: '{path}' needs a suffix {'|'.join(EXPORT_SUFFIXES)} to choose the format"
+            f"export: '{path}' needs a suffix {'|'.join(suffixes)} to choose the format"
         )
 
 

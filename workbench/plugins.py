@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,14 +103,55 @@ class EdgeScores:
     kind: str = "edge_scores"
 
     def summary(self) -> dict[str, Any]:
-        top = self.ranked()[:10]
+        top = self.top(10)
         return {"kind": self.kind, "title": self.title, "unit": self.unit,
                 "n": int(self.values.numel()), "top": [[str(e), round(v, 6)] for e, v in top]}
 
     def ranked(self) -> list[tuple[Edge, float]]:
-        values = self.values.detach()
-        order = torch.argsort(values.abs(), descending=True, stable=True)
-        return [(self.graph.edges[i], float(values[i])) for i in order.tolist()]
+        """Every edge, largest |score| first (ties in index order). Builds one `Edge` per edge:
+        fine for small graphs; at GPT-2 XL size (2.2M edges) use `top(k)` or `above(t)`."""
+        return self.top(int(self.values.numel()))
+
+    def top(self, k: int) -> list[tuple[Edge, float]]:
+        """The `k` edges with the largest |score|, largest first, ties in index order: the same
+        as `ranked()[:k]`, found with one `torch.topk` instead of sorting every edge."""
+        return self.rows(top_indices(self.values, k))
+
+    def above(self, threshold: float) -> list[tuple[Edge, float]]:
+        """Every edge with |score| >= `threshold`, ranked like `ranked()`."""
+        mag = magnitude(self.values)
+        chosen = (mag >= threshold).nonzero().flatten()
+        order = torch.argsort(mag[chosen], descending=True, stable=True)
+        return self.rows(chosen[order])
+
+    def rows(self, indices: Tensor) -> list[tuple[Edge, float]]:
+        """(edge, score) at each index in `indices`, in that order."""
+        values = self.values.detach().flatten()
+        picked = values[indices].tolist()
+        return [(self.graph.edges[i], float(v)) for i, v in zip(indices.tolist(), picked,
+                                                                 strict=True)]
+
+
+def magnitude(values: Tensor) -> Tensor:
+    """|values| as a flat float32 tensor, NaN counted as the largest (how scores are ranked)."""
+    return values.detach().flatten().float().abs().nan_to_num(nan=math.inf)
+
+
+def top_indices(values: Tensor, k: int) -> Tensor:
+    """Indices of the `k` largest |values|, largest first, ties broken by index (exactly a
+    stable descending argsort cut at `k`) without sorting the rest: one `topk` finds the
+    k-th magnitude, then only the entries at least that large are sorted."""
+    mag = magnitude(values)
+    k = max(0, min(int(k), mag.numel()))
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if k == mag.numel():
+        return torch.argsort(mag, descending=True, stable=True)
+    kth = torch.topk(mag, k, sorted=False).values.min()
+    above = (mag > kth).nonzero().flatten()
+    ties = (mag == kth).nonzero().flatten()[: k - above.numel()]
+    chosen = torch.cat([above, ties]).sort().values  # index order, so the sort below is stable
+    return chosen[torch.argsort(mag[chosen], descending=True, stable=True)]
 
 
 @dataclass(frozen=True)
@@ -245,7 +287,9 @@ def select_circuit(result: Result, graph: Graph, top: int | None = None,
         return Circuit(nodes=circuit.nodes, edges=circuit.edges,
                        scores={k: v for k, v in keep}, name=name)
     if isinstance(result, EdgeScores):
-        keep = _cut(result.ranked(), top, threshold)
+        if top is None and threshold is None:
+            raise WorkbenchError("select needs top=K or threshold=T")
+        keep = result.top(top) if top is not None else result.above(threshold)  # type: ignore[arg-type]
         return Circuit.from_edges([e for e, _ in keep],
                                   scores={str(e): v for e, v in keep}, name=name)
     raise WorkbenchError(f"a {result.kind} result has no scores to select from; "

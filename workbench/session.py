@@ -33,6 +33,8 @@ from workbench.ablation import Ablation, AblationEngine, Perf
 from workbench.commands import Command, help_text, parse
 from workbench.errors import WorkbenchError
 from workbench.export import export
+from workbench.figures import CircuitFig, figure_of
+from workbench.figures_mpl import save as save_figure
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
 from workbench.metrics import METRICS, Report
@@ -324,10 +326,18 @@ class Session:
                 "jaccard_edges": round(diff.jaccard_edges, 6)}, diff
 
     def _export(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        circuit = self.state.circuit(cmd.args[0]).circuit
+        target = cmd.args[0]
+        figure = figure_of(self.state.result(target)) if target.startswith("r") else None
+        circuit = self.state.circuit(target).circuit if figure is None else None
         Path(cmd.args[1]).parent.mkdir(parents=True, exist_ok=True)  # like save: out/ may be new
-        path = export(circuit, Path(cmd.args[1]))
-        return {"id": cmd.args[0], "path": str(path)}, path
+        if circuit is not None and cmd.args[1].lower().endswith(".pdf"):
+            figure = CircuitFig(circuit.name or target, circuit)
+        if figure is not None:
+            path = save_figure(figure, Path(cmd.args[1]))
+        else:
+            assert circuit is not None
+            path = export(circuit, Path(cmd.args[1]))
+        return {"id": target, "path": str(path)}, path
 
     def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         target = Path(cmd.args[0])
