@@ -54,6 +54,7 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]]] = 
         ("eap_ig",),
         (("steps", "8"), ("anything", "goes")),
     ),
+    ("select r3", "select", ("r3",), ()),
     ("select r1 top=10", "select", ("r1",), (("top", "10"),)),
     ("select r12 threshold=0.05", "select", ("r12",), (("threshold", "0.05"),)),
     ("select a0.1 m1", "select", ("a0.1", "m1"), ()),
@@ -173,7 +174,6 @@ def test_unknown_verb_without_close_match_points_to_help() -> None:
         ("metric", "metric"),
         ("restore", "restore"),
         ("restore all a9.1", "restore"),
-        ("select r1", "select"),
         ("select r1 top=3 threshold=0.1", "select"),
         ("select r1 r2 top=3", "select"),
         ("help ablate restore", "help"),
@@ -188,7 +188,7 @@ def test_usage_strings_match_design() -> None:
     assert VERBS["restore"].usage == "restore NODE... | restore all"
     assert VERBS["export"].usage == (
         "export c<n> PATH.dot|.svg|.png|.json|.pdf | export r<n> PATH.png|.svg|.pdf")
-    assert VERBS["select"].usage == ("select r<n> top=K | select r<n> threshold=T | select NODE...")
+    assert VERBS["select"].usage == "select r<n> [top=K | threshold=T] | select NODE..."
 
 
 def test_unknown_option_suggests_the_option() -> None:
@@ -196,7 +196,8 @@ def test_unknown_option_suggests_the_option() -> None:
     assert _error("ablate a9.1 colour=red") == (
         "ablate has no option 'colour': its options are mode, pos"
     )
-    assert _error("perf fast=1") == "perf has no option 'fast': it takes no options"
+    assert _error("perf fast=1") == "perf has no option 'fast': its options are metric"
+    assert _error("compare c1 c2 fast=1") == "compare has no option 'fast': it takes no options"
 
 
 def test_open_option_verbs_accept_any_key() -> None:
@@ -223,12 +224,12 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         (
             "metric logitdiff",
             "unknown metric 'logitdiff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "metric logit-diff",
             "unknown metric 'logit-diff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "ablate a9.1 mode=maen",

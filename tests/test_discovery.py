@@ -165,7 +165,7 @@ def test_session_runs_discovery_and_checks_circuits(add3: LoadedModel, tmp_path:
     assert check.ok and check.out["percent"] >= 80.0  # prune meets its target when checked
     eap = s.execute("run eap")
     assert eap.ok and eap.out["n"] == s.engine().graph.n_edges
-    mask = s.execute("run mask steps=40 target_edges=25 batch_size=32")
+    mask = s.execute("run mask steps=40 target_edges=25 batch_size=32 metric=kl")
     assert mask.ok
     assert s.execute("select r2 top=25").ok and s.execute("select r3 top=1").ok
     # mask and eap agree on the top edges of add3

@@ -306,7 +306,7 @@ def test_select_by_threshold(session: Session) -> None:
 def test_edge_scores_give_edge_level_circuits(session: Session) -> None:
     assert ok(session, "run eap")["kind"] == "edge_scores"
     out = ok(session, "select r1 top=20")
-    assert out["level"] == "edge" and out["edges"] == 20
+    assert out["level"] == "edge" and out["edges"] + out.get("dropped", 0) == 20
     edge = ok(session, "check c1")
     assert edge["level"] == "edge"  # the circuit's own level is the default
     node = ok(session, "check c1 level=node")
@@ -434,7 +434,7 @@ def test_help(session: Session) -> None:
         ("run dla layer=abc", "expects int"),
         ("run dla layer=7", "layer=7"),
         ("select r7 top=3", "no result r7 (results: r1)"),
-        ("select r1", "usage: select"),
+        ("select r1", "select: this result holds node scores, not a circuit; give top=K"),
         ("select a0.1->a1.0<q>", "not edges"),
         ("check c9", "no circuit c9 (circuits: c1)"),
         ("compare c1 c9", "no circuit c9"),

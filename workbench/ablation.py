@@ -26,7 +26,7 @@ from torch import Tensor
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Activations, Forward, Mode, Patch, State
 from workbench.graph import Circuit, Edge, Graph, Node
-from workbench.metrics import MetricName, Report, metric, performance
+from workbench.metrics import Metric, Report, get_metric, performance
 from workbench.model import LoadedModel
 from workbench.tasks.encode import EncodedPrompts
 from workbench.weights import Weights
@@ -235,13 +235,14 @@ class AblationEngine:
             return self.forward.run(self.enc.clean, self.enc.answer_pos,
                                     self.patch(outside), self.values)[0]
 
-    def perf(self, logits: Tensor, metric_name: MetricName, mode: Mode) -> Perf:
-        """Performance % of `logits` between the full model (100) and the empty one (0)."""
-        ref = self.clean_logits
-        m = metric(metric_name, logits, self.enc, ref)
-        full = metric(metric_name, self.clean_logits, self.enc, ref)
-        empty = metric(metric_name, self.empty_logits(mode), self.enc, ref)
-        return Perf(performance(m, full, empty), metric_name, m, full, empty,
+    def perf(self, logits: Tensor, metric_name: str | Metric, mode: Mode) -> Perf:
+        """Performance % of `logits` between the full model (100) and the empty one (0), by a
+        built-in metric's name or any `Metric`."""
+        fn, ref = get_metric(metric_name), self.clean_logits
+        m = fn.mean(logits, self.enc, ref)
+        full = fn.mean(self.clean_logits, self.enc, ref)
+        empty = fn.mean(self.empty_logits(mode), self.enc, ref)
+        return Perf(performance(m, full, empty), fn.name, m, full, empty,
                     Report.of(logits, self.enc))
 
 

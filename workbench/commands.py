@@ -35,7 +35,7 @@ __all__ = [
     "parse",
 ]
 
-METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl")
+METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl", "l2")  # == metrics.METRICS
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
 EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json", ".pdf")
 FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # export r<n>: matplotlib
@@ -80,8 +80,8 @@ VERBS: dict[str, VerbSpec] = {
         "prompts PATH.jsonl", "load a prompt set from a JSONL file of pairs", 1, 1, ()
     ),
     "metric": VerbSpec(
-        "metric logit_diff|prob|accuracy|kl",
-        "choose the metric that performance % is built on",
+        "metric logit_diff|prob|accuracy|kl|l2|NAME",
+        "choose the metric performance % and every technique use (NAME: the session's own)",
         1,
         1,
         (),
@@ -101,11 +101,11 @@ VERBS: dict[str, VerbSpec] = {
         (),
     ),
     "perf": VerbSpec(
-        "perf",
+        "perf [metric=NAME]",
         "performance % now (with current ablations), raw metric, accuracy, per-digit",
         0,
         0,
-        (),
+        ("metric",),
     ),
     "run": VerbSpec(
         "run TECHNIQUE [key=value ...]",
@@ -115,18 +115,19 @@ VERBS: dict[str, VerbSpec] = {
         None,
     ),
     "select": VerbSpec(
-        "select r<n> top=K | select r<n> threshold=T | select NODE...",
-        "turn a result's scores, or a list of nodes, into a circuit c<n>",
+        "select r<n> [top=K | threshold=T] | select NODE...",
+        "turn a result's scores (a circuit result as it is), or a list of nodes, into c<n>; "
+        "edges cut off from input or logits are dropped",
         1,
         None,
         ("top", "threshold"),
     ),
     "check": VerbSpec(
-        "check c<n> [mode=mean] [level=node|edge]",
+        "check c<n> [mode=mean] [level=node|edge] [metric=NAME]",
         "faithfulness: performance % with everything outside c<n> ablated",
         1,
         1,
-        ("mode", "level"),
+        ("mode", "level", "metric"),
     ),
     "compare": VerbSpec(
         "compare c<n> c<m>",
@@ -316,7 +317,7 @@ def _check_select(cmd: Command) -> None:
     if not by_score:
         return  # select NODE...
     _result_id("select", first)
-    if len(cmd.args) != 1 or len(cmd.options) != 1:
+    if len(cmd.args) != 1 or len(cmd.options) > 1:
         raise _usage(VERBS["select"])
     top, threshold = cmd.option("top"), cmd.option("threshold")
     if top is not None:

@@ -684,6 +684,24 @@ class Circuit:
             raise WorkbenchError(f"cannot read circuit '{path}': {exc}") from exc
 
 
+def connected(edges: Iterable[Edge]) -> tuple[list[Edge], list[Edge]]:
+    """Split `edges` into those on some path from `input` to `logits` through these edges and
+    those cut off from either end (as circuit-tracer's `prune_graph` prunes to what reaches the
+    target): an edge s -> r stays when s is reached from input and r's component reaches logits.
+    Order is kept."""
+    edges = list(edges)
+    g = nx.DiGraph()
+    g.add_edges_from(e.ends()[:2] for e in edges)
+    start, end = str(INPUT), str(LOGITS)
+    forward = nx.descendants(g, start) | {start} if start in g else set()
+    backward = nx.ancestors(g, end) | {end} if end in g else set()
+    kept, dropped = [], []
+    for e in edges:
+        src, dst, _ = e.ends()
+        (kept if src in forward and dst in backward else dropped).append(e)
+    return kept, dropped
+
+
 @dataclass(frozen=True)
 class CircuitDiff:
     """What two circuits share and what only one has; Jaccard is 1.0 when both are empty."""

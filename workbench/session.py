@@ -37,16 +37,18 @@ from workbench.figures import CircuitFig, figure_of
 from workbench.figures_mpl import save as save_figure
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
-from workbench.metrics import METRICS, Report
+from workbench.metrics import BUILTIN_METRICS, Metric, as_metric, get_metric
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
-from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select_circuit
+from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select
 from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
 
 log = logging.getLogger(__name__)
 
-MetricFn = Callable[[Tensor, EncodedPrompts], Tensor]  # answer logits -> (batch,) values
+# answer logits [, clean answer logits] -> (batch,) values; or a `Metric` (with a direction)
+MetricFn = Callable[[Tensor, EncodedPrompts], Tensor] | Callable[
+    [Tensor, EncodedPrompts, Tensor], Tensor] | Metric
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,8 @@ class Session:
         self.undo_stack: list[State] = []
         self.redo_stack: list[State] = []
         self.outcomes: list[Outcome] = []
-        self.metric_fns: dict[str, MetricFn] = dict(metrics or {})
+        self.metric_fns: dict[str, Metric] = {
+            name: as_metric(name, fn) for name, fn in (metrics or {}).items()}
         self.registry = registry if registry is not None else load_registry()
         self._engines: dict[tuple[int, int], AblationEngine] = {}
         self._encoded: dict[tuple[int, int], EncodedPrompts] = {}
@@ -220,12 +223,9 @@ class Session:
                 "answer": "".join(first.answer), "corrupted": first.corrupted}, prompts
 
     def _metric(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        name = cmd.args[0]
-        if name not in METRICS and name not in self.metric_fns:
-            raise WorkbenchError(f"unknown metric {name!r}: choose one of "
-                                 + ", ".join([*METRICS, *self.metric_fns]))
-        self.state = replace(self.state, metric=name)
-        return {"metric": name}, None
+        found = get_metric(cmd.args[0], self.metric_fns)
+        self.state = replace(self.state, metric=found.name)
+        return {"metric": found.name}, None
 
     def _ablate(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         engine = self.engine()
@@ -252,7 +252,7 @@ class Session:
         return self._perf_out(), None
 
     def _perf(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        return self._perf_out(), None
+        return self._perf_out(cmd.option("metric")), None
 
     def _run(self, cmd: Command, progress: Callable[[float, str], None] | None,
              cancelled: Callable[[], bool] | None) -> tuple[dict[str, Any], Any]:
@@ -269,12 +269,15 @@ class Session:
                       metric=self.state.metric, mode=self.state.mode,  # type: ignore[arg-type]
                       graph=engine.graph, engine=engine, ablations=self.state.ablations,
                       progress=progress or (lambda f, m: None),
-                      cancelled=cancelled or (lambda: False))
+                      cancelled=cancelled or (lambda: False), metrics=self.metrics)
         result = tech.run(ctx, params)
         rid = f"r{self.state.n_results + 1}"
         self.state = replace(self.state, results=self.state.results + ((rid, result),),
                              n_results=self.state.n_results + 1)
         out = {"id": rid, "technique": name, **result.summary()}
+        used = getattr(result, "metric", None)
+        if used is not None:
+            out["metric"] = used  # the metric the technique scored with
         tensors = _tensors_of(result)
         if tensors and self.path is not None:
             out["tensors"] = save_tensors(self.path, rid, tensors)
@@ -286,9 +289,9 @@ class Session:
         if first.startswith("r") and first[1:].isdigit():
             top, threshold = cmd.option("top"), cmd.option("threshold")
             result = self.state.result(first)
-            circuit = select_circuit(result, engine.graph,
-                                     top=int(top) if top else None,
-                                     threshold=float(threshold) if threshold else None)
+            chosen = select(result, engine.graph, top=int(top) if top else None,
+                            threshold=float(threshold) if threshold else None)
+            circuit, dropped, note = chosen.circuit, chosen.dropped, chosen.note
             level = "node" if result.kind == "node_scores" else "edge"
         else:
             targets = self._targets(cmd.args, engine.graph, None)
@@ -298,12 +301,18 @@ class Session:
                                      "select r<n> top=K picks edges from edge scores")
             nodes = [n.base() for n in targets]
             circuit, level = Circuit.from_nodes(nodes, engine.graph), "node"
+            dropped, note = 0, ""
         cid = f"c{self.state.n_circuits + 1}"
         circuit = Circuit(circuit.nodes, circuit.edges, circuit.scores, name=cid)
         self.state = replace(self.state, circuits=self.state.circuits + (
             (cid, NamedCircuit(circuit, level)),), n_circuits=self.state.n_circuits + 1)
-        return {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
-                "edges": len(circuit.edges)}, circuit
+        out = {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
+               "edges": len(circuit.edges)}
+        if dropped:  # edge scores: chosen edges cut off from input or logits
+            out["dropped"] = dropped
+        if note:
+            out["note"] = note
+        return out, circuit
 
     def _check(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         named = self.state.circuit(cmd.args[0])
@@ -311,7 +320,7 @@ class Session:
         mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
         level = cmd.option("level") or named.level
         logits = engine.circuit_logits(named.circuit, mode, level)
-        perf = self._perf_of(engine, logits, mode)
+        perf = self._perf_of(engine, logits, mode, cmd.option("metric"))
         return {"id": cmd.args[0], "level": level, "mode": mode, **_perf_json(perf)}, perf
 
     def _compare(self, cmd: Command) -> tuple[dict[str, Any], Any]:
@@ -401,22 +410,18 @@ class Session:
             out.extend(nodes)
         return out
 
-    def _perf_of(self, engine: AblationEngine, logits: Tensor, mode: Mode) -> Perf:
-        name = self.state.metric
-        if name in self.metric_fns:
-            fn = self.metric_fns[name]
-            value = float(fn(logits, engine.enc).float().mean())
-            full = float(fn(engine.clean_logits, engine.enc).float().mean())
-            empty = float(fn(engine.empty_logits(mode), engine.enc).float().mean())
-            from workbench.metrics import performance
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """Every metric a command may name: the built-ins and the session's own (which win)."""
+        return {**BUILTIN_METRICS, **self.metric_fns}
 
-            return Perf(performance(value, full, empty), name, value, full, empty,
-                        Report.of(logits, engine.enc))
-        return engine.perf(logits, name, mode)  # type: ignore[arg-type]
+    def _perf_of(self, engine: AblationEngine, logits: Tensor, mode: Mode,
+                 name: str | None = None) -> Perf:
+        return engine.perf(logits, get_metric(name or self.state.metric, self.metric_fns), mode)
 
-    def _perf_out(self) -> dict[str, Any]:
+    def _perf_out(self, name: str | None = None) -> dict[str, Any]:
         engine = self.engine()
-        perf = self._perf_of(engine, engine.logits(self.state.ablations), self.state.mode)
+        perf = self._perf_of(engine, engine.logits(self.state.ablations), self.state.mode, name)
         return {"ablated": [f"{a.target}" + (f" {a.mode}" if a.mode != self.state.mode else "")
                             for a in self.state.ablations], "mode": self.state.mode,
                 **_perf_json(perf)}
