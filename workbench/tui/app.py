@@ -119,6 +119,9 @@ class WorkbenchApp(SessionRunner):
         last = message.outcomes[-1] if message.outcomes else None
         if last is not None and not last.ok:  # e.g. the model did not load
             self.notify(one_line(f"{last.cmd}: {last.error}"), severity="error")
+        for notice in message.notices:  # e.g. a refused --session: a fresh session instead
+            self.notify(one_line(notice), severity="warning", timeout=15)
+            self.query_one(LogPane).note(one_line(notice))
         self._apply(message.snapshot)
         self.ready = True
         self._status("ready")
@@ -158,8 +161,10 @@ class WorkbenchApp(SessionRunner):
             self._record(message.outcome)
             self._apply(message.snapshot)
         except Exception as exc:
-            log.exception("showing %r failed", message.outcome.cmd)
-            self.notify(one_line(f"cannot show the result: {exc}"), severity="error")
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the result: " + crash_report(
+                exc, f"showing {message.outcome.cmd[:200]!r}")), severity="error")
         if not self._queue:
             self._set_running(False)
             self._status("ready")
