@@ -29,6 +29,7 @@ Cost: about (n_layers - layer) / n_layers forward passes per tested edge (measur
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -37,18 +38,20 @@ from workbench.api import AblationEngine, EdgeRunner, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Context, Technique
+from workbench.ranges import Range
 
 NOISE = 1e-6  # relative float noise between batched forwards of different widths
 
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 0.01  # metric change below which an edge is removed
+    tau: Annotated[float, Range(0, 1e6)] = 0.01  # metric change below which an edge is removed
     metric: str | None = None  # default: the session's
     mode: Mode | None = None  # ablation of removed edges (default: the session's)
     abs_value: bool = True  # compare |change| with tau (else the one-sided rule)
-    replicas: int = 0  # candidates per batched forward; 0 = choose from a memory budget
-    memory_mb: int = 1024  # budget for one batched forward when replicas = 0
+    # candidates per batched forward; 0 = choose from a memory budget
+    replicas: Annotated[int, Range(0, 65536)] = 0
+    memory_mb: Annotated[int, Range(1, 1 << 20)] = 1024  # one batched forward, replicas=0
 
 
 @dataclass(frozen=True)

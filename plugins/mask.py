@@ -20,6 +20,7 @@ interpolated input inside one pass).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
@@ -27,17 +28,18 @@ from workbench.api import Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Composite, Context, Curve, EdgeScores, Technique
+from workbench.ranges import Range
 
 
 @dataclass(frozen=True)
 class Params:
-    steps: int = 200
+    steps: Annotated[int, Range(1, 1_000_000)] = 200
     lr: float = 0.1
     sparsity: float = 0.01  # weight of the expected-edge-count penalty (per 1,000 edges)
     target_edges: int | None = None
     metric: str | None = None  # the faithfulness metric (default: the session's)
     mode: Mode | None = None
-    batch_size: int = 64
+    batch_size: Annotated[int, Range(1, 1 << 16)] = 64
     init: float = 3.0  # initial theta: sigmoid(3) = 0.95 kept
     temperature: float = 1.0
     seed: int = 0

@@ -245,7 +245,7 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         ("task addition n=0", "task: n=0 must be an integer >= 1"),
         ("select r1 top=0", "select: top=0 must be an integer >= 1"),
         ("select r1 top=ten", "select: top=ten must be an integer >= 1"),
-        ("select r1 threshold=big", "select: threshold=big must be a number"),
+        ("select r1 threshold=big", "select: threshold=big must be a finite number, like 0.01"),
         ("prompts pairs.csv", "prompts: 'pairs.csv' is not a .jsonl file"),
     ],
 )

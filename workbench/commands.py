@@ -17,6 +17,7 @@ comment dropped, quoted only where needed) and `parse(cmd.text) == cmd` for ever
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -324,9 +325,12 @@ def _check_select(cmd: Command) -> None:
         _int_option(cmd, "top", minimum=1)
     elif threshold is not None:
         try:
-            float(threshold)
+            finite = math.isfinite(float(threshold)) and threshold.isascii()
         except ValueError:
-            raise WorkbenchError(f"select: threshold={threshold} must be a number") from None
+            finite = False
+        if not finite:
+            raise WorkbenchError(f"select: threshold={threshold} must be a finite number, "
+                                 "like 0.01")
 
 
 def _check_check(cmd: Command) -> None:

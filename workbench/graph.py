@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 import networkx as nx
 
 from workbench.errors import WorkbenchError
+from workbench.files import write_atomic  # noqa: F401  (export imports it from here)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -157,9 +156,13 @@ class Edge:
 def _split(text: str) -> tuple[str, Port | None, int | None]:
     """'a9.1<q>@-1' -> ('a9.1', 'q', -1); raises on a malformed port or position."""
     core, pos = text.strip(), None
+    if not core.isascii():  # `\d` and str.lower() would take a0.1 with a full-width digit
+        bad = next(ch for ch in core if not ch.isascii())
+        raise WorkbenchError(f"cannot parse {core[:40]!r}: {bad!r} (U+{ord(bad):04X}) is not "
+                             "ASCII; names are written in ASCII, like a0.1")
     if "@" in core:
         core, _, p = core.rpartition("@")
-        if not re.fullmatch(r"-?\d+", p.strip()):
+        if not re.fullmatch(r"-?[0-9]+", p.strip()):
             raise WorkbenchError(f"cannot parse {text.strip()!r}: a position is like @3 or @-1")
         pos = int(p)
     port: Port | None = None
@@ -175,12 +178,14 @@ def _split(text: str) -> tuple[str, Port | None, int | None]:
 _CORES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Node]], ...] = (
     (re.compile(r"input"), lambda m: INPUT),
     (re.compile(r"logits"), lambda m: LOGITS),
-    (re.compile(r"a?(\d+)\.(\d+)"), lambda m: head(int(m[1]), int(m[2]))),
-    (re.compile(r"l(\d+)h(\d+)"), lambda m: head(int(m[1]), int(m[2]))),
-    (re.compile(r"m(\d+)"), lambda m: mlp(int(m[1]))),
-    (re.compile(r"m(\d+)\.n(\d+)"), lambda m: Node("neuron", int(m[1]), int(m[2]))),
-    (re.compile(r"a(\d+)\.f(\d+)"), lambda m: Node("feature", int(m[1]), int(m[2]), site="a")),
-    (re.compile(r"m(\d+)\.f(\d+)"), lambda m: Node("feature", int(m[1]), int(m[2]), site="m")),
+    (re.compile(r"a?(\d+)\.(\d+)", re.ASCII), lambda m: head(int(m[1]), int(m[2]))),
+    (re.compile(r"l(\d+)h(\d+)", re.ASCII), lambda m: head(int(m[1]), int(m[2]))),
+    (re.compile(r"m(\d+)", re.ASCII), lambda m: mlp(int(m[1]))),
+    (re.compile(r"m(\d+)\.n(\d+)", re.ASCII), lambda m: Node("neuron", int(m[1]), int(m[2]))),
+    (re.compile(r"a(\d+)\.f(\d+)", re.ASCII),
+     lambda m: Node("feature", int(m[1]), int(m[2]), site="a")),
+    (re.compile(r"m(\d+)\.f(\d+)", re.ASCII),
+     lambda m: Node("feature", int(m[1]), int(m[2]), site="m")),
 )
 
 
@@ -494,7 +499,7 @@ def expand(pattern: str, graph: Graph) -> list[Node]:
         return [graph.check(parse_node(pattern))]
     if core == "m*" and port is None:
         return [mlp(layer, pos) for layer in range(graph.n_layers)]
-    match = re.fullmatch(r"a(\*|\d+)\.(\*|\d+)", core)
+    match = re.fullmatch(r"a(\*|[0-9]+)\.(\*|[0-9]+)", core)
     if not match:
         raise WorkbenchError(
             f"cannot expand {pattern.strip()!r}: expected a pattern like a9.*, a*.*, a*.3, m* "
@@ -503,23 +508,6 @@ def expand(pattern: str, graph: Graph) -> list[Node]:
     layers = range(graph.n_layers) if match[1] == "*" else [int(match[1])]
     heads = range(graph.n_heads) if match[2] == "*" else [int(match[2])]
     return [graph.check(head(layer, h, port, pos)) for layer in layers for h in heads]
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file and `os.replace`; return the path."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise WorkbenchError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WorkbenchError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-    return path
 
 
 def _names(items: object) -> bool:

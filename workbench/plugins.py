@@ -252,7 +252,7 @@ class Technique:
     def params(self, options: dict[str, str]) -> Any:
         """Coerce `key=value` strings into this technique's `Params`."""
         fields = {f.name: f for f in dataclasses.fields(self.Params)}
-        hints = typing.get_type_hints(self.Params)
+        hints = typing.get_type_hints(self.Params, include_extras=True)
         typed = {}
         for key, value in options.items():
             if key not in fields:

@@ -6,8 +6,12 @@
    outcome carries the one-line error.
 3. State is an immutable `State` value; state-changing verbs push the old value on the undo
    stack. Models and ablation engines are cached by identity, so undo never reloads.
-4. Every command is appended to the session log (JSON Lines, atomic rewrite) with its summary,
-   a digest of it and the seconds taken: a crash loses nothing and the file replays.
+4. Every command is appended to the session log (JSON Lines, one appended line each) with its
+   summary, a digest of it and the seconds taken: a crash loses nothing and the file replays.
+5. An unexpected exception (a bug) is caught too: the state is put back, a crash report is
+   written under the data folder, and the outcome's error is one line naming that file.
+6. `save` and `export` write where `self.writes` allows (anywhere; only under the replay output
+   folder; nowhere while a reopened session's recorded commands are re-run).
 
 Invariant: nothing outside `execute` mutates the session; outcomes are JSON-safe summaries plus
 the live result objects the TUI renders.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import time
@@ -28,19 +33,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import __version__
+from workbench import __version__, settings
 from workbench.ablation import Ablation, AblationEngine, Perf
+from workbench.bounds import check_alphabet
 from workbench.commands import Command, help_text, parse
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 from workbench.export import export
 from workbench.figures import CircuitFig, figure_of
 from workbench.figures_mpl import save as save_figure
+from workbench.files import Writes, write_atomic
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
 from workbench.metrics import BUILTIN_METRICS, Metric, as_metric, get_metric
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
 from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select
-from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
+from workbench.sessionlog import Entry, Header, SessionLog, digest_out, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
 
@@ -116,7 +123,10 @@ class Session:
 
     def __init__(self, path: str | Path | None = None, model: LoadedModel | str | None = None,
                  metrics: dict[str, MetricFn] | None = None, seed: int = 0,
-                 device: str = "auto", registry: dict[str, Technique] | None = None) -> None:
+                 device: str = "auto", registry: dict[str, Technique] | None = None,
+                 resume: bool = False) -> None:
+        """`resume=True` extends the existing log at `path` (new lines after its own) instead
+        of starting a new one; the caller re-runs its commands with `recording` off."""
         self.path = Path(path) if path is not None else None
         self.seed, self.device = seed, device
         self.state = State()
@@ -129,9 +139,12 @@ class Session:
         self._engines: dict[tuple[int, int], AblationEngine] = {}
         self._encoded: dict[tuple[int, int], EncodedPrompts] = {}
         self._log = SessionLog(self.path) if self.path is not None else None
+        self.writes = Writes()  # where save/export may write (replay and reopen narrow it)
+        self.recording = True  # False while a reopened log's commands are re-run
         if isinstance(model, LoadedModel):
             self.state = replace(self.state, model=model)
-        self._start_log()
+        if not resume:
+            self._start_log()
         if isinstance(model, str):
             outcome = self.execute(f"load {model}" + (f" device={device}"
                                                       if device != "auto" else ""))
@@ -146,19 +159,24 @@ class Session:
         start = time.perf_counter()
         n = len(self.outcomes) + 1
         text = str(line).strip()
+        before = self.state
         try:
+            limit = settings.current().max_line
+            if len(text) > limit:
+                raise WorkbenchError(f"command line of {len(text):,} characters is over the "
+                                     f"limit of {limit:,}: split it, or raise max_line "
+                                     "(WORKBENCH_MAX_LINE)")
             cmd = line if isinstance(line, Command) else parse(line)
             if cmd is None:
                 return Outcome(n=0, cmd="", ok=True)
             text = cmd.text
-            before = self.state
             out, result = self._dispatch(cmd, progress, cancelled)
             if cmd.verb in UNDOABLE and self.state is not before:
                 self.undo_stack.append(before)
                 self.redo_stack.clear()
-            # Where a result's tensors were stored depends on the log's name, not the result.
-            digested = {k: v for k, v in out.items() if k != "tensors"}
-            outcome = Outcome(n, text, True, out, None, digest(digested),
+            # The digest is of the output as the log stores it (rounded), so replay can check
+            # a stored output against it; where tensors went is not part of it.
+            outcome = Outcome(n, text, True, out, None, digest_out(_json_safe(out)),
                               time.perf_counter() - start, result)
         except WorkbenchError as exc:
             outcome = Outcome(n, text, False, error=str(exc),
@@ -170,6 +188,15 @@ class Session:
             outcome = Outcome(n, text, False, error="out of GPU memory: use fewer prompts "
                               "(task ... n=) or a smaller model", seconds=time.perf_counter()
                               - start)
+        except Exception as exc:  # a bug: one line and a crash report, never a traceback
+            log.debug("command %r raised", text, exc_info=True)
+            self.state = before
+            outcome = Outcome(n, text[:200], False, error=crash_report(exc, f"execute {text!r}"),
+                              seconds=time.perf_counter() - start)
+        if not outcome.ok:
+            self.state = before  # a failed command leaves the state exactly as it was
+            if len(outcome.cmd) > 1000:  # the log keeps a bounded copy of a pasted blob
+                outcome = dataclasses.replace(outcome, cmd=outcome.cmd[:1000] + "…")
         self.outcomes.append(outcome)
         self._append_log(outcome)
         return outcome
@@ -196,8 +223,6 @@ class Session:
             name, options = model.default_task()
             prompts = make_task(name, **options).prompt_set(256, self.seed, split="test")
             self.state = replace(self.state, prompts=prompts)
-        if self._log is not None and self._header_model() is None:
-            self._start_log(keep_entries=True)
         card = model.card
         return {"model": card.name, "identity": model.identity.sha256,
                 "layers": card.n_layers, "heads": card.n_heads, "device": card.device}, model
@@ -208,11 +233,30 @@ class Session:
         seed = int(opts.pop("seed", self.seed))
         corrupt = opts.pop("corrupt", None)
         split = opts.pop("split", "test")
-        prompts = make_task(cmd.args[0], **opts).prompt_set(n, seed, corrupt, split)  # type: ignore[arg-type]
+        task = make_task(cmd.args[0], **opts)
+        self._check_size(n, task.prompt_set(1, seed, corrupt, split))  # type: ignore[arg-type]
+        prompts = task.prompt_set(n, seed, corrupt, split)  # type: ignore[arg-type]
         return self._set_prompts(prompts)
 
+    def _check_size(self, n: int, sample: PromptSet) -> None:
+        """Refuse a prompt set past `settings.max_prompts` before building it, with its cost."""
+        limit = settings.current().max_prompts
+        if n <= limit:
+            return
+        model = self.state.model
+        tokens = len(sample.pairs[0].clean) + len(sample.pairs[0].answer)  # about, per prompt
+        width = model.card.d_model * (2 * model.card.n_layers + 2) if model else 0
+        cost = f", about {3 * n * tokens * width * 4 / 2**30:,.1f} GiB of cached activations" \
+            if width else ""
+        raise WorkbenchError(f"n={n:,} prompts is over the limit of {limit:,}{cost}: use a "
+                             f"smaller n, or raise the limit (WORKBENCH_MAX_PROMPTS={n} or "
+                             "max_prompts in settings.toml)")
+
     def _prompts(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        return self._set_prompts(PromptSet.load_jsonl(Path(cmd.args[0])))
+        prompts = PromptSet.load_jsonl(Path(cmd.args[0]))
+        self._check_size(len(prompts), prompts)
+        check_alphabet(prompts, self.state.model)
+        return self._set_prompts(prompts)
 
     def _set_prompts(self, prompts: PromptSet) -> tuple[dict[str, Any], Any]:
         model = self._model()
@@ -231,7 +275,8 @@ class Session:
         engine = self.engine()
         mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
         pos = cmd.option("pos")
-        new = [Ablation(t, mode) for t in self._targets(cmd.args, engine.graph, pos)]
+        targets = dict.fromkeys(self._targets(cmd.args, engine.graph, pos))  # a0.0 a0.0: once
+        new = [Ablation(t, mode) for t in targets]
         names = {str(a.target) for a in new}
         kept = tuple(a for a in self.state.ablations if str(a.target) not in names)
         ablations = kept + tuple(new)
@@ -338,31 +383,40 @@ class Session:
         target = cmd.args[0]
         figure = figure_of(self.state.result(target)) if target.startswith("r") else None
         circuit = self.state.circuit(target).circuit if figure is None else None
-        Path(cmd.args[1]).parent.mkdir(parents=True, exist_ok=True)  # like save: out/ may be new
+        found = self.writes.target(cmd.args[1])
+        out: dict[str, Any] = {"id": target, "path": cmd.args[1]}
+        if found is None:  # a reopened session's recorded export: not repeated
+            return {**out, "written": None}, None
+        dest = _new_folder(found)  # like save: out/ may be new
         if circuit is not None and cmd.args[1].lower().endswith(".pdf"):
             figure = CircuitFig(circuit.name or target, circuit)
         if figure is not None:
-            path = save_figure(figure, Path(cmd.args[1]))
+            path = save_figure(figure, dest)
         else:
             assert circuit is not None
-            path = export(circuit, Path(cmd.args[1]))
-        return {"id": target, "path": str(path)}, path
+            path = export(circuit, dest)
+        return ({**out, "written": str(path)} if str(path) != cmd.args[1] else out), path
 
     def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        target = Path(cmd.args[0])
+        found = self.writes.target(cmd.args[0])
+        out: dict[str, Any] = {"path": cmd.args[0], "commands": len(self.outcomes)}
+        if found is None:
+            return {**out, "written": None}, None
+        target = _new_folder(found)
+        if str(target) != cmd.args[0]:
+            out["written"] = str(target)
+        if self.path is not None and target.resolve() == self.path.resolve():
+            raise WorkbenchError(f"save: {target} is this session's own log; choose another path")
         if self.path is None or not self.path.exists():
             # No log file (a notebook session, a replay without --log): write it from memory.
-            log = SessionLog(target)
-            log.start(self._header())
-            for outcome in self.outcomes:
-                log.append(_entry(outcome))
-            return {"path": str(target), "commands": len(self.outcomes)}, None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = self.path.read_text()
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-        return {"path": str(target), "commands": len(self.outcomes)}, None
+            lines = [self._header().to_json(), *(_entry(o).to_json() for o in self.outcomes
+                                                 if o.n > 0)]
+            text = "".join(json.dumps(line, ensure_ascii=False, separators=(", ", ": "))
+                           + "\n" for line in lines)
+        else:
+            text = self.path.read_text(encoding="utf-8")
+        write_atomic(target, text)
+        return out, None
 
     def _undo_redo(self, verb: str) -> dict[str, Any]:
         source, sink = (self.undo_stack, self.redo_stack) if verb == "undo" else \
@@ -428,21 +482,11 @@ class Session:
 
     # -- the log -----------------------------------------------------------------------------
 
-    def _header_model(self) -> str | None:
-        """The model the log's header names (None until the log knows one)."""
-        if self._log is None or self.path is None or not self.path.exists():
-            return None
-        return self._log.header().model_source
-
-    def _start_log(self, keep_entries: bool = False) -> None:
-        if self._log is None:
-            return
-        header = self._header()
-        entries = self._log.entries() if keep_entries and self.path and self.path.exists() \
-            else []
-        self._log.start(header)
-        for entry in entries:
-            self._log.append(entry)
+    def _start_log(self) -> None:
+        """Start a new log. A header written before a `load` names no model: replay then
+        runs the recorded `load` (the log is append-only, so the header is never rewritten)."""
+        if self._log is not None:
+            self._log.start(self._header())
 
     def _header(self) -> Header:
         model = self.state.model
@@ -452,7 +496,7 @@ class Session:
                       device=model.card.device if model else self.device, seed=self.seed)
 
     def _append_log(self, outcome: Outcome) -> None:
-        if self._log is None or outcome.n == 0:
+        if self._log is None or outcome.n == 0 or not self.recording:
             return
         self._log.append(_entry(outcome))
 
@@ -460,6 +504,16 @@ class Session:
 def _entry(outcome: Outcome) -> Entry:
     return Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok, out=_json_safe(outcome.out),
                  error=outcome.error, digest=outcome.digest, seconds=round(outcome.seconds, 4))
+
+
+def _new_folder(path: Path) -> Path:
+    """`path`, with its folder created when missing (exports often go to a new `out/`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkbenchError(f"cannot create folder '{path.parent}': "
+                             f"{exc.strerror or exc}; choose a folder you can write to") from None
+    return path
 
 
 def _perf_json(perf: Perf) -> dict[str, Any]:

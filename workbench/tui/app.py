@@ -40,6 +40,7 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
@@ -110,7 +111,7 @@ class WorkbenchApp(SessionRunner):
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
-        self._boot()
+        self.boot()
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -119,11 +120,24 @@ class WorkbenchApp(SessionRunner):
         last = message.outcomes[-1] if message.outcomes else None
         if last is not None and not last.ok:  # e.g. the model did not load
             self.notify(one_line(f"{last.cmd}: {last.error}"), severity="error")
+        for notice in message.notices:  # e.g. a refused --session: a fresh session instead
+            self.notify(one_line(notice), severity="warning", timeout=15)
+            self.query_one(LogPane).note(one_line(notice))
         self._apply(message.snapshot)
-        self.ready = True
+        self.ready = True  # the grid and the keys work; performance follows (ViewsReady)
+        self._status("measuring performance...")
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        try:
+            self._apply(message.snapshot)
+        except Exception as exc:
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the state: " + crash_report(
+                exc, "showing the first views")), severity="error")
         self._status("ready")
         self._set_running(False)
-        self._start_drain()
+        super().on_views_ready(message)
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
@@ -158,8 +172,10 @@ class WorkbenchApp(SessionRunner):
             self._record(message.outcome)
             self._apply(message.snapshot)
         except Exception as exc:
-            log.exception("showing %r failed", message.outcome.cmd)
-            self.notify(one_line(f"cannot show the result: {exc}"), severity="error")
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the result: " + crash_report(
+                exc, f"showing {message.outcome.cmd[:200]!r}")), severity="error")
         if not self._queue:
             self._set_running(False)
             self._status("ready")
@@ -297,6 +313,7 @@ class WorkbenchApp(SessionRunner):
         self._status("  ".join(words[:12]) + more)
 
     @on(CommandLine.Left)
+    @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 

@@ -23,7 +23,6 @@ remapping silently stops applying.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +137,9 @@ def bindings(area: str) -> list[BindingType]:
 
 def keymap_path() -> Path:
     """Where the remapping file is looked for (it need not exist)."""
-    base = os.environ.get("WORKBENCH_HOME")
-    if base:
-        return Path(base).expanduser() / "keys.toml"
-    import platformdirs
+    from workbench.settings import current
 
-    return Path(platformdirs.user_config_dir("circuit-workbench")) / "keys.toml"
+    return current().keys_file  # $WORKBENCH_HOME/keys.toml, else the user config dir
 
 
 def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
