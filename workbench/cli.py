@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot use{where}: {exc.strerror or exc}; check the path and its "
+              "permissions", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: one line and a crash report, never a traceback
         print(f"error: {crash_report(exc, 'workbench ' + ' '.join(args)[:500])}",
               file=sys.stderr)
@@ -105,10 +110,21 @@ def key_values(items: Sequence[str]) -> dict[str, str]:
 
 
 def _split_run_options(options: dict[str, str]) -> tuple[int, int, str | None, dict[str, str]]:
-    n = int(options.pop("n", "256"))
-    seed = int(options.pop("seed", "0"))
+    from workbench import settings
+
+    n, seed = _int_word(options.pop("n", "256"), "n"), _int_word(options.pop("seed", "0"), "seed")
+    limit = settings.current().max_prompts
+    if not 1 <= n <= limit:
+        raise WorkbenchError(f"n={n} must be between 1 and the limit {limit:,}: raise the limit "
+                             f"with --max-prompts {n} (or WORKBENCH_MAX_PROMPTS)")
     corrupt = options.pop("corrupt", None)
     return n, seed, corrupt, options
+
+
+def _int_word(value: str, key: str) -> int:
+    if not value.isascii() or not value.lstrip("+-").isdigit() or len(value) > 12:
+        raise WorkbenchError(f"{key}={value[:40]} must be an integer, like {key}=256")
+    return int(value)
 
 
 def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, Any]:

@@ -191,7 +191,8 @@ class Session:
         except Exception as exc:  # a bug: one line and a crash report, never a traceback
             log.debug("command %r raised", text, exc_info=True)
             self.state = before
-            outcome = Outcome(n, text[:200], False, error=crash_report(exc, f"execute {text!r}"),
+            error = crash_report(exc, f"execute {text[:1000]!r}") + "; the state is unchanged"
+            outcome = Outcome(n, text[:200], False, error=error,
                               seconds=time.perf_counter() - start)
         if not outcome.ok:
             self.state = before  # a failed command leaves the state exactly as it was
@@ -315,6 +316,7 @@ class Session:
                       graph=engine.graph, engine=engine, ablations=self.state.ablations,
                       progress=progress or (lambda f, m: None),
                       cancelled=cancelled or (lambda: False), metrics=self.metrics)
+        _check_work(tech, ctx, params)
         result = tech.run(ctx, params)
         rid = f"r{self.state.n_results + 1}"
         self.state = replace(self.state, results=self.state.results + ((rid, result),),
@@ -504,6 +506,20 @@ class Session:
 def _entry(outcome: Outcome) -> Entry:
     return Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok, out=_json_safe(outcome.out),
                  error=outcome.error, digest=outcome.digest, seconds=round(outcome.seconds, 4))
+
+
+def _check_work(tech: Technique, ctx: Context, params: Any) -> None:
+    """Refuse a run whose estimated cost is past `settings.max_work`, before it starts."""
+    if tech.estimate is None:
+        return
+    per_prompt = float(tech.estimate(ctx, params))
+    work, limit = per_prompt * len(ctx.prompts), settings.current().max_work
+    if work > limit:
+        raise WorkbenchError(
+            f"run {tech.name}: about {work:,.0f} prompt forward passes ({per_prompt:,.0f} FE "
+            f"x {len(ctx.prompts):,} prompts; {tech.cost}) is over the limit of {limit:,}: use "
+            f"fewer prompts (task ... n=) or smaller options, or raise the limit "
+            f"(WORKBENCH_MAX_WORK={int(work) + 1} or max_work in settings.toml)")
 
 
 def _new_folder(path: Path) -> Path:
