@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from workbench.ablation import Ablation, AblationEngine
+from workbench.api import EngineAPI
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, connected, parse_node
@@ -63,6 +64,11 @@ class Context:
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
     metrics: Mapping[str, Metric] = field(default_factory=lambda: dict(BUILTIN_METRICS))
+
+    @property
+    def api(self) -> EngineAPI:
+        """The engine API (`workbench.api`): the one surface techniques use."""
+        return EngineAPI.of(self.engine, self.metrics)
 
     def metric_fn(self, name: str | None = None) -> Metric:
         """The metric called `name` (built in or given to the session); None: the session's.
@@ -242,6 +248,9 @@ class Technique:
     Params: type
     run: Callable[[Context, Any], Result]
     cost: str = ""  # in forward-pass equivalents, for `help run NAME`
+    # Forward-pass equivalents per prompt for these params, known before running: the session
+    # refuses a run past `settings.max_work` prompt-forwards (None: cheap, not checked).
+    estimate: Callable[[Context, Any], float] | None = None
 
     def params(self, options: dict[str, str]) -> Any:
         """Coerce `key=value` strings into this technique's `Params`."""
