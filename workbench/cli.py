@@ -18,7 +18,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-VERBS = ("eval", "train", "replay", "open", "finetune")
+VERBS = ("eval", "train", "replay", "open", "finetune", "train-sae")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     handlers: dict[str, Callable[[list[str]], int]] = {
         "open": cmd_open, "eval": cmd_eval, "train": cmd_train, "replay": cmd_replay,
-        "finetune": cmd_finetune,
+        "finetune": cmd_finetune, "train-sae": cmd_train_sae,
     }
     try:
         return handlers[verb](args)
@@ -254,4 +254,65 @@ def cmd_finetune(argv: list[str]) -> int:
           f"{'n/a' if result.val_loss is None else f'{result.val_loss:.4f}'}, multiplication "
           f"exact match {'n/a' if result.task_accuracy is None else f'{result.task_accuracy:.4f}'}"
           f" ({result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_train_sae(argv: list[str]) -> int:
+    """Train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder; Ctrl-C saves."""
+    from rich import progress as rp
+
+    from workbench.features.train import SaeConfig, command_line, train_sae
+
+    defaults = SaeConfig()
+    p = argparse.ArgumentParser(prog="workbench train-sae",
+                                description="train a sparse dictionary on a model's activations")
+    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--site", required=True, help="attn_out | mlp_out | resid_pre | mlp")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--transcoder", action="store_true", help="with --site mlp: MLP in -> out")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--task", default=None, help="default: the model's own task")
+    p.add_argument("--text", default=None, help="a text file to stream instead of a task")
+    p.add_argument("--sparsity", default=defaults.sparsity, help="topk | relu (L1) | jumprelu")
+    for name in ("d_sae", "k", "steps", "batch", "seed", "resample_every", "eval_every",
+                 "eval_n", "threads"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("l1", "lr"):
+        p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    p.add_argument("--wandb", action="store_true", help="log to wandb (offline unless set up)")
+    p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
+    args = p.parse_args(argv)
+    cfg = SaeConfig(model=args.model, site=args.site, layer=args.layer,
+                    transcoder=args.transcoder, task=args.task,
+                    task_options=dict(key_values(args.options)), text=args.text,
+                    sparsity=args.sparsity, **{n: getattr(args, n) for n in (
+                        "d_sae", "k", "steps", "batch", "seed", "resample_every",
+                        "eval_every", "eval_n", "threads", "l1", "lr")})
+    cfg.check()
+    progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                           rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[info]}"),
+                           rp.TimeElapsedColumn())
+    bar = progress.add_task(f"train-sae {cfg.site} {cfg.layer}", total=cfg.steps, info="")
+
+    def show(row: dict[str, Any]) -> None:
+        if row["kind"] == "train":
+            progress.update(bar, completed=row["step"],
+                            info=f"FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}")
+        elif row["kind"] == "eval":
+            progress.console.print(
+                f"step {row['step']:>6}  L0 {row['l0']:.2f}  FVU {row['fvu']:.4f}  dead "
+                f"{row['dead']:.3f}  replacement {row['perf_drop']:.1f}% (error dropped), "
+                f"{row['perf_keep']:.1f}% (kept)")
+        elif row["kind"] == "resample":
+            progress.console.print(f"step {row['step']:>6}  resampled {row['dead']} dead")
+
+    with progress:
+        result = train_sae(cfg, args.out, on_log=show, wandb=args.wandb)
+    s = result.stats
+    print(f"saved {args.out} (SAELens layout): L0 {s['l0']:.2f}, FVU {s['fvu']:.4f}, dead "
+          f"{s['dead']:.3f}, replacement {s['perf_drop']:.1f}% after {result.steps} steps "
+          f"({result.seconds:.0f} s)")
+    if result.interrupted:
+        print(f"interrupted; reproduce the full run with: {command_line(cfg, args.out)}")
+        return 130
     return 0

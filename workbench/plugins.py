@@ -28,6 +28,7 @@ from torch import Tensor
 
 from workbench.ablation import Ablation, AblationEngine
 from workbench.errors import WorkbenchError
+from workbench.features.replacement import DictionarySet
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, parse_node
 from workbench.metrics import MetricName
@@ -38,7 +39,8 @@ from workbench.tasks.encode import EncodedPrompts
 BUILTINS = (
     "plugins.dla", "plugins.eap", "plugins.eap_ig", "plugins.acdc", "plugins.logit_lens",
     "plugins.attn", "plugins.ov_copy", "plugins.ablate_each", "plugins.patch",
-    "plugins.path_patch", "plugins.prune", "plugins.mask",
+    "plugins.path_patch", "plugins.prune", "plugins.mask", "plugins.feature_attr",
+    "plugins.feature_info",
 )
 ENTRY_POINT_GROUP = "workbench.plugins"
 
@@ -59,6 +61,7 @@ class Context:
     graph: Graph
     engine: AblationEngine
     ablations: tuple[Ablation, ...] = ()
+    dictionaries: DictionarySet = DictionarySet()  # attached SAEs/transcoders (`sae load`)
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
 
@@ -230,6 +233,8 @@ def load_registry(builtins: tuple[str, ...] = BUILTINS) -> dict[str, Technique]:
 def select_circuit(result: Result, graph: Graph, top: int | None = None,
                    threshold: float | None = None, name: str = "") -> Circuit:
     """Turn scores into a circuit: the `top` largest |scores|, or all with |score| >= threshold."""
+    if callable(getattr(result, "select", None)):  # results that make their own circuits
+        return result.select(top, threshold, name)  # type: ignore[union-attr, no-any-return]
     if isinstance(result, Composite):
         first = next((p for _, p in result.parts if not isinstance(p, Table | Curve)), None)
         if first is None:
