@@ -26,7 +26,7 @@ from workbench.plugins import Composite, Context, Table, Technique
 
 @dataclass(frozen=True)
 class Params:
-    feature: str = ""  # e.g. m0.f123 or a1.f45
+    feature: str = ""  # e.g. m0.f123 or a1.f45; empty: the densest feature of the first site
     top: int = 10  # how many activations and tokens to show
 
     def __post_init__(self) -> None:
@@ -35,20 +35,21 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> Composite:
-    if not params.feature:
-        raise WorkbenchError("feature_info needs feature=, e.g. feature=m0.f12")
-    node = parse_node(params.feature)
-    if node.kind != "feature":
-        raise WorkbenchError(f"feature={params.feature}: expected a feature like m0.f12")
-    key = f"{node.site}{node.layer}"
-    d = ctx.dictionaries.get(key)
-    if d is None:
-        raise WorkbenchError(f"feature={params.feature}: no dictionary on {key}: sae load one")
-    if not 0 <= node.index < d.d_sae:
-        raise WorkbenchError(f"feature={params.feature}: {key} has features 0..{d.d_sae - 1}")
+    if not ctx.dictionaries:
+        raise WorkbenchError("feature_info needs dictionaries: sae load add3 (or a folder)")
     w, enc = ctx.engine.weights, ctx.engine.enc
     with torch.no_grad():
         tr = replacement_run(w, enc.clean, ctx.dictionaries, "keep")
+    name = params.feature or _densest(tr.feats, ctx.dictionaries.keys()[0])
+    node = parse_node(name)
+    if node.kind != "feature":
+        raise WorkbenchError(f"feature={name}: expected a feature like m0.f12")
+    key = f"{node.site}{node.layer}"
+    d = ctx.dictionaries.get(key)
+    if d is None:
+        raise WorkbenchError(f"feature={name}: no dictionary on {key}: sae load one")
+    if not 0 <= node.index < d.d_sae:
+        raise WorkbenchError(f"feature={name}: {key} has features 0..{d.d_sae - 1}")
     acts = tr.feats[key][..., node.index]  # (batch, pos)
     valid = torch.arange(acts.shape[1], device=acts.device)[None, :] < enc.lengths[:, None]
     acts = acts.masked_fill(~valid, float("-inf"))
@@ -73,18 +74,23 @@ def run(ctx: Context, params: Params) -> Composite:
     def tokens(idx: torch.Tensor) -> tuple[str, ...]:
         return tuple(repr(tok.decode([int(i)])) for i in idx.tolist())
 
-    return Composite(title=f"feature {params.feature}", parts=(
-        ("top_activations", Table(f"{params.feature}: top activations", tuple(rows),
+    return Composite(title=f"feature {name}", parts=(
+        ("top_activations", Table(f"{name}: top activations", tuple(rows),
                                   ("activation",), torch.tensor(values)[:, None])),
-        ("logits_up", Table(f"{params.feature}: direct logit effect, up", tokens(up.indices),
+        ("logits_up", Table(f"{name}: direct logit effect, up", tokens(up.indices),
                             ("logit",), up.values[:, None].detach().cpu())),
-        ("logits_down", Table(f"{params.feature}: direct logit effect, down",
+        ("logits_down", Table(f"{name}: direct logit effect, down",
                               tokens(down.indices), ("logit",),
                               -down.values[:, None].detach().cpu())),
-        ("density", Table(f"{params.feature}: activation density",
+        ("density", Table(f"{name}: activation density",
                           ("fraction active", "mean when active"), ("value",),
                           torch.tensor([[density], [mean_active]]))),
     ))
+
+
+def _densest(feats: dict[str, torch.Tensor], key: str) -> str:
+    active = (feats[key] > 0).flatten(0, 1).sum(0)
+    return f"{key}.f{int(active.argmax())}"
 
 
 TECHNIQUE = Technique(name="feature_info", title="One feature: top activations, logit effect, "

@@ -27,6 +27,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def eng_positions(s: Session) -> int:
+    return s.engine().n_pos
+
+
 def by_hand(s: Session, c: Circuit | None, mode: str) -> float:
     """The replacement model run directly, everything outside `c` ablated with `mode`."""
     eng, dicts = s.engine(), s.state.dictionaries
@@ -68,7 +72,8 @@ def test_feature_circuit_check_is_the_ablated_replacement(tiny_checkpoint: Path,
     sel = s.execute("select r1 top=12")
     assert sel.ok, sel.error
     circuit = s.state.circuit("c1").circuit
-    assert len([n for n in circuit.nodes if n.kind in ("feature", "input")]) == 12
+    assert len([n for n in circuit.nodes if n.kind == "feature"]) == 12
+    assert len([n for n in circuit.nodes if n.kind == "input"]) == eng_positions(s)  # all in
     assert any(n.kind == "logits" for n in circuit.nodes)
     for mode in ("mean", "zero"):
         chk = s.execute(f"check c1 mode={mode}")

@@ -77,6 +77,7 @@ class Attribution:
     scores: dict[str, float]
     kept: frozenset[str]
     edges: dict[tuple[str, str], float]
+    mass: dict[str, float]  # sum over prompts of |attribution|: what ranking uses
 
 
 def stages(w: Weights, dicts: DictionarySet) -> list[str]:
@@ -90,6 +91,44 @@ def stages(w: Weights, dicts: DictionarySet) -> list[str]:
                                  f"{what} (sae load a transcoder for it)")
         out += [f"m{layer}", f"a{layer}"]
     return out
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The active features of one site at each (prompt, position), padded to the largest
+    count L with zero activations: values and feature indices (b, p, L)."""
+
+    val: Tensor
+    idx: Tensor
+
+
+def _active(f: Tensor) -> _Active:
+    """From the nonzeros directly (O(active), no top-k over every feature)."""
+    b, p, n = f.shape
+    flat = f.reshape(b * p, n)
+    rows, cols = (flat > 0).nonzero().unbind(1)
+    counts = torch.bincount(rows, minlength=b * p)
+    width = max(1, int(counts.max())) if rows.numel() else 1
+    slot = torch.arange(rows.numel(), device=f.device) - (counts.cumsum(0) - counts)[rows]
+    idx = torch.zeros(b * p, width, dtype=torch.long, device=f.device)
+    val = torch.zeros(b * p, width, dtype=f.dtype, device=f.device)
+    idx[rows, slot], val[rows, slot] = cols, flat[rows, cols]
+    return _Active(val.view(b, p, width), idx.view(b, p, width))
+
+
+def _dots(act: _Active, g: Tensor, w_dec: Tensor) -> Tensor:
+    """g (..., b, p, d) dotted with each active feature's decoder row -> (..., b, p, L)."""
+    return torch.einsum("...bpd,bpld->...bpl", g, w_dec[act.idx])
+
+
+def _scatter(act: _Active, x: Tensor, n: int) -> Tensor:
+    """Per-active values x (..., b, p, L) -> (..., p, n) summed over prompts."""
+    lead = x.shape[:-3]
+    b, p, L = act.idx.shape
+    out = x.new_zeros(*lead, p, n)
+    flat = x.movedim(-3, -2).reshape(*lead, p, b * L)
+    index = act.idx.permute(1, 0, 2).reshape(p, b * L).expand(*lead, p, b * L)
+    return out.scatter_add_(-1, index.contiguous(), flat)
 
 
 def _scale(x: Tensor, eps: float) -> Tensor:
@@ -173,9 +212,13 @@ def _keep(attr: Tensor, threshold: float, top: int | None) -> Tensor:
 
 def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
               target: Target, threshold: float = 0.0, top: int | None = None,
-              edge_nodes: int = 0) -> Attribution:
+              edge_nodes: int = 0, rank: str = "mass") -> Attribution:
     """Hierarchical attribution of `target`; edges among the `edge_nodes` largest kept
-    nodes, the target and the input (0 = no edges)."""
+    nodes, the target and the input (0 = no edges). `rank` decides what `threshold` and
+    `top` compare: `mass` (the sum over prompts of |attribution|: a node that matters in
+    some prompts, whatever its sign elsewhere) or `sum` (|attribution| itself)."""
+    if rank not in ("mass", "sum"):
+        raise WorkbenchError(f"rank={rank}: choose mass or sum")
     order = stages(w, dicts)
     if target.key is None:
         g, first, value = metric_seed(w, tr, enc), 0, metric_value(w, tr, enc)
@@ -183,61 +226,70 @@ def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
         g, first = feature_seed(w, tr, dicts, target)
         value = feature_value(tr, target)
     scores: dict[str, float] = {}
+    mass: dict[str, float] = {}
     kept: set[str] = set()
-    grads: dict[str, Tensor] = {}  # key -> dT/df (b, p, d_sae) for edges
+    grads: dict[str, Tensor] = {}  # key -> dT/d(residual) above the site (b, p, d)
+    actives: dict[str, _Active] = {}
     for key in order[first:]:
         d = dicts.get(key)
         layer = int(key[1:])
         if d is None:  # attention without an SAE: the heads' output passes straight on
             g = g + _attention_back(w, tr, layer, g)
             continue
-        f = tr.feats[key]
-        u = g @ d.W_dec.T  # (b, p, d_sae)
-        attr = (f * u).sum(0)  # (p, d_sae)
-        err = (tr.errors[key] * g).sum((0, -1))  # (p,)
-        keep = _keep(attr, threshold, top)
-        _record(scores, kept, key, d.d_sae, attr, err, keep)
-        grads[key] = u
-        coef = u * (f > 0).to(u.dtype) * keep.to(u.dtype)
-        g_x = coef @ d.W_enc.T
+        act = actives[key] = _active(tr.feats[key])
+        per = _dots(act, g, d.W_dec) * act.val  # (b, p, L): each active feature's share
+        attr, absolute = _scatter(act, per, d.d_sae), _scatter(act, per.abs(), d.d_sae)
+        err_per = (tr.errors[key] * g).sum(-1)  # (b, p)
+        err = err_per.sum(0)
+        keep = _keep(absolute if rank == "mass" else attr, threshold, top) & (absolute > 0)
+        _record(scores, mass, kept, key, d.d_sae, attr, absolute, err, err_per.abs().sum(0),
+                keep)
+        grads[key] = g
+        # on through the kept active features: df/dpre = 1 where active (f = pre there)
+        kept_at = keep.to(per.dtype).expand(act.idx.shape[0], -1, -1).gather(-1, act.idx)
+        coef = _dots(act, g, d.W_dec) * (act.val > 0).to(per.dtype) * kept_at
+        g_x = torch.einsum("bpl,bpld->bpd", coef, d.W_enc.T[act.idx])
         if key[0] == "m":
             g = g + (g_x if d.pre_ln else _ln_back(g_x, _scale(tr.resid_mid[layer], w.eps)))
         else:
             g = g + _attention_back(w, tr, layer, g_x)
-    emb = (tr.embed * g).sum((0, -1))
-    for p, v in enumerate(emb.tolist()):
-        if v != 0:
-            scores[f"input@{p}"] = v
+    emb_per = (tr.embed * g).sum(-1)
+    for p, (v, a) in enumerate(zip(emb_per.sum(0).tolist(), emb_per.abs().sum(0).tolist(),
+                                   strict=True)):
+        if a != 0:
+            scores[f"input@{p}"], mass[f"input@{p}"] = v, a
             kept.add(f"input@{p}")
-    edges = _edges(w, tr, dicts, enc, target, scores, kept, grads, order, edge_nodes) \
-        if edge_nodes > 0 else {}
-    return Attribution(target, value, scores, frozenset(kept), edges)
+    ranking = mass if rank == "mass" else {k: abs(v) for k, v in scores.items()}
+    edges = _edges(w, tr, dicts, enc, target, ranking, kept, grads, actives, order,
+                   edge_nodes) if edge_nodes > 0 else {}
+    return Attribution(target, value, scores, frozenset(kept), edges, ranking)
 
 
-def _record(scores: dict[str, float], kept: set[str], key: str, d_sae: int, attr: Tensor,
-            err: Tensor, keep: Tensor) -> None:
-    nz = attr.nonzero().tolist()
-    values = attr[attr != 0].tolist()
-    flags = keep[attr != 0].tolist()
-    for (p, i), v, k in zip(nz, values, flags, strict=True):
+def _record(scores: dict[str, float], mass: dict[str, float], kept: set[str], key: str,
+            d_sae: int, attr: Tensor, absolute: Tensor, err: Tensor, err_abs: Tensor,
+            keep: Tensor) -> None:
+    live = absolute != 0
+    for (p, i), v, a, k in zip(live.nonzero().tolist(), attr[live].tolist(),
+                               absolute[live].tolist(), keep[live].tolist(), strict=True):
         name = f"{key}.f{i}@{p}"
-        scores[name] = v
+        scores[name], mass[name] = v, a
         if k:
             kept.add(name)
-    for p, v in enumerate(err.tolist()):
-        if v != 0:
+    for p, (v, a) in enumerate(zip(err.tolist(), err_abs.tolist(), strict=True)):
+        if a != 0:
             name = f"{key}.f{d_sae}@{p}"
-            scores[name] = v
+            scores[name], mass[name] = v, a
             kept.add(name)  # error nodes are leaves: nothing flows through them anyway
 
 
 def _edges(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts, target: Target,
            scores: dict[str, float], kept: set[str], grads: dict[str, Tensor],
-           order: list[str], n: int) -> dict[tuple[str, str], float]:
-    """Direct effects s -> t times dT/dt, for t among the n largest kept feature nodes and
-    the target; s any kept node below t (features, errors, input)."""
+           actives: dict[str, _Active], order: list[str], n: int
+           ) -> dict[tuple[str, str], float]:
+    """Direct effects s -> t times dT/dt, for t among the n kept feature nodes ranked first
+    by `scores` (larger first) and the target; s any kept node below t."""
     feats = [k for k in kept if ".f" in k and _is_feature(k, dicts)]
-    chosen = sorted(feats, key=lambda k: -abs(scores[k]))[:n]
+    chosen = sorted(feats, key=lambda k: (-scores[k], k))[:n]
     out: dict[tuple[str, str], float] = {}
     seeds: list[tuple[str, Tensor, int]] = []
     if target.key is None:
@@ -249,32 +301,52 @@ def _edges(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts, tar
         node = parse_node(name)
         key = f"{node.site}{node.layer}"
         assert node.pos is not None
-        u = grads[key][:, node.pos, node.index]  # dT/df_t per prompt
+        d = dicts.get(key)
+        assert d is not None
+        u = grads[key][:, node.pos] @ d.W_dec[node.index]  # dT/df_t per prompt
         g, first = feature_seed(w, tr, dicts, Target(key, node.index, node.pos), coef=u)
         seeds.append((name, g, first))
+    by_first: dict[int, list[tuple[str, Tensor]]] = {}
     for dst, g, first in seeds:
-        for key in order[first:]:
-            d = dicts.get(key)
-            layer = int(key[1:])
-            if d is None:
-                g = g + _attention_back(w, tr, layer, g)
-                continue
-            attr = (tr.feats[key] * (g @ d.W_dec.T)).sum(0)
-            err = (tr.errors[key] * g).sum((0, -1))
-            for p, i in attr.nonzero().tolist():
+        by_first.setdefault(first, []).append((dst, g))
+    for first, group in sorted(by_first.items()):
+        for at in range(0, len(group), EDGE_CHUNK):
+            chunk = group[at: at + EDGE_CHUNK]
+            _direct(w, tr, dicts, actives, order[first:], [d for d, _ in chunk],
+                    torch.stack([g for _, g in chunk]), kept, out)
+    return out
+
+
+EDGE_CHUNK = 8  # edge seeds propagated together (memory: chunk x batch x pos x d_sae)
+
+
+def _direct(w: Weights, tr: Trace, dicts: DictionarySet, actives: dict[str, _Active],
+            below: list[str], dsts: list[str], g: Tensor, kept: set[str],
+            out: dict[tuple[str, str], float]) -> None:
+    """Propagate seeds g (K, b, p, d) down the direct paths (residual, frozen heads without
+    an SAE; never through a feature) and record each kept source's edge into each dst."""
+    for key in below:
+        d = dicts.get(key)
+        layer = int(key[1:])
+        if d is None:
+            g = g + _attention_back(w, tr, layer, g)
+            continue
+        act = actives.get(key) or _active(tr.feats[key])
+        attr = _scatter(act, _dots(act, g, d.W_dec) * act.val, d.d_sae)  # (K, p, d_sae)
+        err = torch.einsum("bpd,kbpd->kp", tr.errors[key], g)
+        for k, dst in enumerate(dsts):
+            for p, i in attr[k].nonzero().tolist():
                 src = f"{key}.f{i}@{p}"
                 if src in kept:
-                    out[(src, dst)] = float(attr[p, i])
-            for p, v in enumerate(err.tolist()):
+                    out[(src, dst)] = float(attr[k, p, i])
+            for p, v in enumerate(err[k].tolist()):
                 if v != 0:
                     out[(f"{key}.f{d.d_sae}@{p}", dst)] = v
-            if key[0] == "a":
-                pass  # the direct path continues down the residual unchanged
-        emb = (tr.embed * g).sum((0, -1))
-        for p, v in enumerate(emb.tolist()):
+    emb = torch.einsum("bpd,kbpd->kp", tr.embed, g)
+    for k, dst in enumerate(dsts):
+        for p, v in enumerate(emb[k].tolist()):
             if v != 0:
                 out[(f"input@{p}", dst)] = v
-    return out
 
 
 def _is_feature(name: str, dicts: DictionarySet) -> bool:

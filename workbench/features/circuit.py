@@ -63,6 +63,7 @@ class FeatureChecker:
         with torch.no_grad():
             self.clean: Trace = run(engine.weights, engine.enc.clean, dicts, "keep")
         self._values: dict[str, tuple[dict[str, Tensor], dict[str, Tensor]]] = {}
+        self._empty: dict[str, Tensor] = {}  # mode -> logits of the empty feature circuit
 
     def values(self, mode: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if mode not in self._values:
@@ -85,6 +86,8 @@ class FeatureChecker:
         lg = self.circuit_logits(circuit, mode)
         m = metric(metric_name, lg, eng.enc, ref)  # type: ignore[arg-type]
         full = metric(metric_name, eng.clean_logits, eng.enc, ref)  # type: ignore[arg-type]
-        empty = metric(metric_name, self.circuit_logits(None, mode), eng.enc, ref)  # type: ignore[arg-type]
+        if mode not in self._empty:
+            self._empty[mode] = self.circuit_logits(None, mode)
+        empty = metric(metric_name, self._empty[mode], eng.enc, ref)  # type: ignore[arg-type]
         return Perf(performance(m, full, empty), metric_name, m, full, empty,
                     Report.of(lg, eng.enc))

@@ -147,7 +147,7 @@ class Dictionary:
             assert self.threshold is not None
             return pre * (pre > self.threshold).to(pre.dtype) * (pre > 0).to(pre.dtype)
         assert self.k is not None
-        top = pre.topk(self.k, dim=-1)
+        top = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
 
     def encode(self, x: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ class FeatureGraph:
     scores: dict[str, float]  # node name -> attribution
     kept: tuple[str, ...]
     edges: dict[str, float]  # "src->dst" -> weight
+    rank: dict[str, float]  # what `select` ranks by (sum over prompts of |attribution|)
     unit: str = "logit diff"
     kind: str = "feature_graph"
     level: str = "feature"  # the circuit level `select` records (check uses the replacement)
@@ -35,19 +36,25 @@ class FeatureGraph:
                 "top": [[k, round(v, 6)] for k, v in top]}
 
     def ranked(self) -> list[tuple[str, float]]:
-        """Kept nodes by |attribution| (names break ties)."""
-        return sorted(((k, self.scores[k]) for k in self.kept), key=lambda kv: (-abs(kv[1]),
-                                                                                   kv[0]))
+        """Kept nodes (attribution), largest `rank` first (names break ties)."""
+        return sorted(((k, self.scores[k]) for k in self.kept),
+                      key=lambda kv: (-self.rank.get(kv[0], abs(kv[1])), kv[0]))
 
     def select(self, top: int | None = None, threshold: float | None = None,
                name: str = "") -> Circuit:
-        ranked = [(k, v) for k, v in self.ranked() if k != self.target]
+        """The `top` kept feature and error nodes (or those whose rank >= threshold), the
+        target, every input embedding (never ablated, as in node circuits) and the edges
+        among them."""
+        ranked = [(k, v) for k, v in self.ranked() if k != self.target
+                  and not k.startswith("input")]
         if top is not None:
             chosen = ranked[:top]
         elif threshold is not None:
-            chosen = [(k, v) for k, v in ranked if abs(v) >= threshold]
+            chosen = [(k, v) for k, v in ranked if self.rank.get(k, abs(v)) >= threshold]
         else:
             raise WorkbenchError("select needs top=K or threshold=T")
+        inputs = [(k, v) for k, v in self.ranked() if k.startswith("input")]
+        chosen += inputs
         names = {k for k, _ in chosen} | {self.target}
         edges = []
         for key in self.edges:

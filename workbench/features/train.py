@@ -8,7 +8,8 @@ vectors at every real (unpadded) position. Activation spaces are `dictionary.py`
    `jumprelu` (learned thresholds, straight-through L0 penalty, Rajamanoharan et al. 2024).
 2. Decoder rows are renormalised to unit norm after every step (the decoder-norm constraint).
 3. Dead features (none fired in the last `resample_every` steps) are resampled: the encoder
-   column and decoder row point at a poorly reconstructed input, Adam state reset.
+   column and decoder row point at a poorly reconstructed input, Adam state reset; "dead"
+   here is active on under 1e-4 of the window's vectors.
 4. Every `eval_every` steps (and at the end) the held-out prompt set gives L0, FVU, dead
    fraction and the replacement performance % (the component replaced by the dictionary,
    error dropped and kept) on the task's metric; rows go to `train_log.jsonl` and to wandb
@@ -45,6 +46,7 @@ from workbench.tasks.encode import EncodedPrompts, encode
 from workbench.weights import Weights, ln
 
 LOG = "train_log.jsonl"
+DEAD_RATE = 1e-4  # resampled below this activation rate
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ def train_sae(cfg: SaeConfig, out: Path | None = None,
     net = _Trainable(x0.shape[1], cfg.d_sae, x0, y0, cfg.sparsity, cfg.k)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+    seen = 0  # vectors since the last resampling
     rows: list[dict[str, Any]] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -283,10 +286,12 @@ def train_sae(cfg: SaeConfig, out: Path | None = None,
             with torch.no_grad():
                 net.W_dec.div_(net.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8))
                 fired += (f > 0).sum(0)
+                seen += x.shape[0]
             if step % cfg.resample_every == 0 and step < cfg.steps:
-                n_dead = _resample(net, opt, fired, x, y, rec.detach())
+                n_dead = _resample(net, opt, fired, seen, x, y, rec.detach())
                 emit({"kind": "resample", "step": step, "dead": n_dead})
                 fired.zero_()
+                seen = 0
             if step % 50 == 0 or step == 1:
                 emit({"kind": "train", "step": step, "of": cfg.steps, "loss": float(loss.detach()),
                       "fvu": float(mse), "l0": float((f > 0).float().sum(-1).mean())})
@@ -322,10 +327,11 @@ def _flat(stats: dict[str, Any]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _resample(net: _Trainable, opt: torch.optim.Optimizer, fired: Tensor, x: Tensor, y: Tensor,
-              rec: Tensor) -> int:
-    """Point dead features at the worst-reconstructed vectors of the batch; reset Adam."""
-    dead = (fired == 0).nonzero().flatten()
+def _resample(net: _Trainable, opt: torch.optim.Optimizer, fired: Tensor, seen: int, x: Tensor,
+              y: Tensor, rec: Tensor) -> int:
+    """Point dead features (active on under 1 in DEAD_RATE of the window's vectors) at the
+    worst-reconstructed vectors of the batch; reset their Adam state."""
+    dead = (fired < seen * DEAD_RATE).nonzero().flatten()
     if dead.numel() == 0:
         return 0
     err = (y - rec).pow(2).sum(-1)

@@ -92,6 +92,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("graph.next", "right,down", "step(1)", "select the next node"),
     KeySpec("graph.next_circuit", "c", "next_circuit", "show the next circuit", True,
             short="next circuit"),
+    KeySpec("graph.open", "enter", "open_node", "open the selected feature (feature_info)"),
     # command line (when focused)
     KeySpec("cmdline.complete", "tab", "complete", "complete verb, node or parameter", True,
             short="complete"),
