@@ -17,6 +17,7 @@ from workbench.errors import WorkbenchError
 from workbench.features.attribution import Target, attribute, frozen_target, parse_target
 from workbench.features.dictionary import Dictionary
 from workbench.features.replacement import DictionarySet, logits, run
+from workbench.graph import parse_node
 from workbench.model import LoadedModel
 from workbench.tasks import make_task
 from workbench.tasks.encode import encode
@@ -125,3 +126,40 @@ def test_feature_attr_refuses_without_transcoders(setup) -> None:  # type: ignor
         attribute(w, run(w, enc.clean, only_attn, "keep"), only_attn, enc, Target())
     with pytest.raises(WorkbenchError, match="positions are"):
         parse_target("m0.f1@99", dicts, enc.clean.shape[1])
+
+
+def test_qk_shares_are_exact_on_each_side(setup) -> None:  # type: ignore[no-untyped-def]
+    """Removing a node's write at the query position changes the pattern entry's score by
+    its query-side share (the key side held), and likewise for the key side."""
+    w, enc, dicts, tr = setup
+    att = attribute(w, tr, dicts, enc, Target(), qk=3)
+    assert len(att.qk) == 6 and att.qk[0].weight >= att.qk[-1].weight > 0  # 3 per layer
+    entry = next(e for e in att.qk if e.head.startswith("a1"))  # reads features, not just input
+    layer, head = (int(x) for x in entry.head[1:].split("."))
+    assert any(".f" in name for name in entry.query)
+
+    def score(drop: str, side: str) -> float:
+        x = tr.resid_pre[layer].clone()
+        node = parse_node(drop)
+        pos = entry.q if side == "query" else entry.k
+        assert node.pos == pos
+        if node.kind == "input":
+            write = tr.embed[:, pos]
+        else:
+            d = dicts.get(f"{node.site}{node.layer}")
+            write = tr.errors[d.key][:, pos] if node.index == d.d_sae else \
+                tr.feats[d.key][:, pos, node.index, None] * d.W_dec[node.index]
+        scale = (x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).add(w.eps).sqrt()
+        y = x.clone()
+        y[:, pos] -= write
+        ln_clean = (x - x.mean(-1, keepdim=True)) / scale
+        ln_drop = (y - y.mean(-1, keepdim=True)) / scale
+        q_src = ln_drop if side == "query" else ln_clean
+        k_src = ln_drop if side == "key" else ln_clean
+        qv = q_src[:, entry.q] @ w.W_Q[layer, head] + w.b_Q[layer, head]
+        kv = k_src[:, entry.k] @ w.W_K[layer, head] + w.b_K[layer, head]
+        return float(((qv * kv).sum(-1) / w.d_head ** 0.5).mean())
+
+    for side, shares in (("query", entry.query), ("key", entry.key)):
+        for name, share in list(shares.items())[:3]:
+            assert entry.score - score(name, side) == pytest.approx(share, abs=1e-6), name

@@ -68,6 +68,23 @@ def parse_target(text: str, dicts: DictionarySet, n_pos: int) -> Target:
 
 
 @dataclass(frozen=True)
+class QK:
+    """One attention-pattern entry (head `a1.2`, query position `q`, key position `k`):
+    `weight`, the sum over prompts of |its share of T through the frozen OV path|; `score`,
+    its mean attention score (before softmax); and each upstream node's share of that score
+    through the query side and through the key side (the other side held), mean over
+    prompts. Shares plus the bias terms sum to the score (it is bilinear)."""
+
+    head: str
+    q: int
+    k: int
+    weight: float
+    score: float
+    query: dict[str, float]
+    key: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Attribution:
     """Node scores (name -> attribution, zero ones left out), the detached-or-kept flag per
     node, the target's value, and edges (src, dst) -> weight among the kept nodes."""
@@ -78,6 +95,7 @@ class Attribution:
     kept: frozenset[str]
     edges: dict[tuple[str, str], float]
     mass: dict[str, float]  # sum over prompts of |attribution|: what ranking uses
+    qk: tuple[QK, ...] = ()  # attention-score attribution of the strongest pattern entries
 
 
 def stages(w: Weights, dicts: DictionarySet) -> list[str]:
@@ -212,7 +230,7 @@ def _keep(attr: Tensor, threshold: float, top: int | None) -> Tensor:
 
 def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
               target: Target, threshold: float = 0.0, top: int | None = None,
-              edge_nodes: int = 0, rank: str = "mass") -> Attribution:
+              edge_nodes: int = 0, rank: str = "mass", qk: int = 0) -> Attribution:
     """Hierarchical attribution of `target`; edges among the `edge_nodes` largest kept
     nodes, the target and the input (0 = no edges). `rank` decides what `threshold` and
     `top` compare: `mass` (the sum over prompts of |attribution|: a node that matters in
@@ -230,10 +248,12 @@ def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
     kept: set[str] = set()
     grads: dict[str, Tensor] = {}  # key -> dT/d(residual) above the site (b, p, d)
     actives: dict[str, _Active] = {}
+    g_attn: dict[int, Tensor] = {}  # layer -> dT/d(true attention output), kept paths
     for key in order[first:]:
         d = dicts.get(key)
         layer = int(key[1:])
         if d is None:  # attention without an SAE: the heads' output passes straight on
+            g_attn[layer] = g
             g = g + _attention_back(w, tr, layer, g)
             continue
         act = actives[key] = _active(tr.feats[key])
@@ -252,6 +272,7 @@ def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
         if key[0] == "m":
             g = g + (g_x if d.pre_ln else _ln_back(g_x, _scale(tr.resid_mid[layer], w.eps)))
         else:
+            g_attn[layer] = g_x
             g = g + _attention_back(w, tr, layer, g_x)
     emb_per = (tr.embed * g).sum(-1)
     for p, (v, a) in enumerate(zip(emb_per.sum(0).tolist(), emb_per.abs().sum(0).tolist(),
@@ -262,7 +283,8 @@ def attribute(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPrompts,
     ranking = mass if rank == "mass" else {k: abs(v) for k, v in scores.items()}
     edges = _edges(w, tr, dicts, enc, target, ranking, kept, grads, actives, order,
                    edge_nodes) if edge_nodes > 0 else {}
-    return Attribution(target, value, scores, frozenset(kept), edges, ranking)
+    pairs = qk_attribution(w, tr, dicts, g_attn, qk) if qk > 0 else ()
+    return Attribution(target, value, scores, frozenset(kept), edges, ranking, pairs)
 
 
 def _record(scores: dict[str, float], mass: dict[str, float], kept: set[str], key: str,
@@ -353,6 +375,64 @@ def _is_feature(name: str, dicts: DictionarySet) -> bool:
     node = parse_node(name)
     d = dicts.get(f"{node.site}{node.layer}")
     return d is not None and node.index < d.d_sae
+
+
+QK_NODES = 8  # nodes kept per side of each QK entry
+
+
+def qk_attribution(w: Weights, tr: Trace, dicts: DictionarySet, g_attn: dict[int, Tensor],
+                   n: int) -> tuple[QK, ...]:
+    """The `n` pattern entries of each attention layer carrying most of T through the
+    frozen heads, each with its score attributed to the nodes writing at its query and its
+    key position; strongest first."""
+    cands = []
+    for layer, ga in g_attn.items():
+        h = (tr.resid_pre[layer] - tr.resid_pre[layer].mean(-1, keepdim=True)) / _scale(
+            tr.resid_pre[layer], w.eps)
+        v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer]) + w.b_V[layer]
+        gz = torch.einsum("bqd,hed->bqhe", ga, w.W_O[layer])
+        share = tr.pattern[layer] * torch.einsum("bqhe,bkhe->bhqk", gz, v)
+        mass = share.abs().sum(0)  # (head, q, k)
+        flat = mass.flatten()
+        top = flat.topk(min(n, flat.numel())).indices.tolist()
+        hh, qq, kk = mass.shape
+        cands += [(float(flat[i]), layer, i // (qq * kk), (i // kk) % qq, i % kk) for i in top]
+    cands.sort(key=lambda c: -c[0])
+    out = []
+    for weight, layer, head, q, k in cands:
+        x = tr.resid_pre[layer]
+        scale = _scale(x, w.eps)
+        ln_x = (x - x.mean(-1, keepdim=True)) / scale
+        qv = ln_x[:, q] @ w.W_Q[layer, head] + w.b_Q[layer, head]  # (b, e)
+        kv = ln_x[:, k] @ w.W_K[layer, head] + w.b_K[layer, head]
+        root = w.d_head ** 0.5
+        score = float(((qv * kv).sum(-1) / root).mean())
+        r_q = (kv @ w.W_Q[layer, head].T) / (scale[:, q] * root)  # (b, d): d score / d write
+        r_k = (qv @ w.W_K[layer, head].T) / (scale[:, k] * root)
+        sides = {}
+        for side, pos, r in (("query", q, r_q), ("key", k, r_k)):
+            r = r - r.mean(-1, keepdim=True)  # the LayerNorm centres each write
+            sides[side] = _writers_at(tr, dicts, layer, pos, r)
+        out.append(QK(f"a{layer}.{head}", q, k, weight, score, sides["query"], sides["key"]))
+    return tuple(out)
+
+
+def _writers_at(tr: Trace, dicts: DictionarySet, layer: int, pos: int, r: Tensor
+                ) -> dict[str, float]:
+    """Mean over prompts of each node's write at `pos` into resid_pre[layer], dotted with r
+    (b, d); the QK_NODES largest by magnitude."""
+    shares: dict[str, float] = {f"input@{pos}": float((tr.embed[:, pos] * r).sum(-1).mean())}
+    for d in dicts.ordered():
+        if d.layer >= layer:
+            continue
+        f = tr.feats[d.key][:, pos]  # (b, d_sae)
+        per = (f * (r @ d.W_dec.T)).mean(0)
+        for i in per.nonzero().flatten().tolist():
+            shares[f"{d.key}.f{i}@{pos}"] = float(per[i])
+        shares[f"{d.key}.f{d.d_sae}@{pos}"] = float((tr.errors[d.key][:, pos] * r).sum(-1)
+                                                     .mean())
+    best = sorted(shares.items(), key=lambda kv: -abs(kv[1]))[:QK_NODES]
+    return dict(best)
 
 
 # -- the frozen linear model (the reference the tests check attributions against) ----------

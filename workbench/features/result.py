@@ -24,6 +24,7 @@ class FeatureGraph:
     kept: tuple[str, ...]
     edges: dict[str, float]  # "src->dst" -> weight
     rank: dict[str, float]  # what `select` ranks by (sum over prompts of |attribution|)
+    qk: tuple[dict[str, Any], ...] = ()  # QK attribution entries (`qk=N`), see attribution.QK
     unit: str = "logit diff"
     kind: str = "feature_graph"
     level: str = "feature"  # the circuit level `select` records (check uses the replacement)
@@ -33,6 +34,9 @@ class FeatureGraph:
         return {"kind": self.kind, "title": self.title, "unit": self.unit,
                 "target": self.target, "value": round(self.value, 6), "n": len(self.scores),
                 "kept": len(self.kept), "edges": len(self.edges),
+                **({"qk": [[f"{e['head']}@{e['q']}->@{e['k']}", round(e["score"], 4),
+                            next(iter(e["query"]), ""), next(iter(e["key"]), "")]
+                           for e in self.qk[:5]]} if self.qk else {}),
                 "top": [[k, round(v, 6)] for k, v in top]}
 
     def ranked(self) -> list[tuple[str, float]]:
