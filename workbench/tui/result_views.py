@@ -45,7 +45,8 @@ class Plot:
 
 def ranked(result: NodeScores | EdgeScores, k: int = 40) -> Ranked:
     rows = [(str(name), float(v)) for name, v in result.ranked()[:k]]
-    total = len(result.scores) if isinstance(result, NodeScores) else int(result.values.numel())
+    scores = getattr(result, "scores", None)  # NodeScores, FeatureGraph (feature_attr)
+    total = len(scores) if isinstance(scores, dict) else int(result.values.numel())
     scale = max((abs(v) for _, v in rows), default=0.0)
     return Ranked(result.title, result.unit, tuple(rows), total, scale)
 

@@ -117,8 +117,9 @@ def render_result(result: Result) -> Text:
 
 
 def render_part(result: object) -> Text:
-    if isinstance(result, NodeScores | EdgeScores):
-        return render_ranked(ranked(result))
+    if isinstance(result, NodeScores | EdgeScores) or getattr(result, "kind", "") == \
+            "feature_graph":
+        return render_ranked(ranked(result))  # type: ignore[arg-type]
     if isinstance(result, Table):
         return render_heatmap(heatmap(result))
     if isinstance(result, Curve):
