@@ -294,7 +294,7 @@ def train_sae(cfg: SaeConfig, out: Path | None = None,
                 seen = 0
             if step % 50 == 0 or step == 1:
                 emit({"kind": "train", "step": step, "of": cfg.steps, "loss": float(loss.detach()),
-                      "fvu": float(mse), "l0": float((f > 0).float().sum(-1).mean())})
+                      "fvu": float(mse.detach()), "l0": float((f > 0).float().sum(-1).mean())})
             if step % cfg.eval_every == 0 and step < cfg.steps:
                 d = net.export(cfg.site, cfg.layer, {})
                 emit({"kind": "eval", "step": step,
