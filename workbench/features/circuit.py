@@ -27,7 +27,7 @@ from workbench.features.replacement import (
     run,
 )
 from workbench.graph import Circuit
-from workbench.metrics import Report, metric, performance
+from workbench.metrics import Metric, Report, get_metric, metric, performance
 
 
 def keep_masks(circuit: Circuit | None, dicts: DictionarySet, n_pos: int,
@@ -80,14 +80,15 @@ class FeatureChecker:
                  clean_errors=self.clean.errors, ablation=ablation)
         return logits(self.engine.weights, tr, self.engine.enc.answer_pos)
 
-    def perf(self, circuit: Circuit, metric_name: str, mode: str = "mean") -> Perf:
+    def perf(self, circuit: Circuit, metric_name: str | Metric, mode: str = "mean") -> Perf:
         eng = self.engine
         ref = eng.clean_logits
+        fn = get_metric(metric_name)
         lg = self.circuit_logits(circuit, mode)
-        m = metric(metric_name, lg, eng.enc, ref)  # type: ignore[arg-type]
-        full = metric(metric_name, eng.clean_logits, eng.enc, ref)  # type: ignore[arg-type]
+        m = metric(fn, lg, eng.enc, ref)
+        full = metric(fn, eng.clean_logits, eng.enc, ref)
         if mode not in self._empty:
             self._empty[mode] = self.circuit_logits(None, mode)
-        empty = metric(metric_name, self._empty[mode], eng.enc, ref)  # type: ignore[arg-type]
-        return Perf(performance(m, full, empty), metric_name, m, full, empty,
+        empty = metric(fn, self._empty[mode], eng.enc, ref)
+        return Perf(performance(m, full, empty), fn.name, m, full, empty,
                     Report.of(lg, eng.enc))

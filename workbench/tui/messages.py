@@ -48,11 +48,13 @@ class PromptsReady(Message):
 
 
 class Booted(Message):
-    def __init__(self, session: Session, snapshot: Snapshot, outcomes: list[Outcome]) -> None:
+    def __init__(self, session: Session, snapshot: Snapshot, outcomes: list[Outcome],
+                 notices: list[str] | None = None) -> None:
         super().__init__()
         self.session = session
         self.snapshot = snapshot
         self.outcomes = outcomes
+        self.notices = notices or []  # e.g. "could not reopen X: ...; started a new session"
 
 
 class BootFailed(Message):

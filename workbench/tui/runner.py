@@ -24,9 +24,9 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 from workbench.session import Outcome, Session
-from workbench.tui.boot import open_session
+from workbench.tui.boot import open_or_fresh
 from workbench.tui.messages import (
     Booted,
     BootFailed,
@@ -64,20 +64,22 @@ class SessionRunner(App[None]):
     @work(thread=True, exit_on_error=False, group="session")
     def _boot(self) -> None:
         try:
+            notices: list[str] = []
             if self._given is not None:
                 session, outcomes = self._given, list(self._given.outcomes)
             else:
                 model, path, device, download = self._open_args
                 self.post_message(Progress(None, f"loading {model or 'the default model'}"))
-                session, outcomes = open_session(model, path, device, self._progress(),
-                                                 self._cancel.is_set, download)
+                opened = open_or_fresh(model, path, device, self._progress(),
+                                       self._cancel.is_set, download)
+                session, outcomes, notices = opened.session, opened.outcomes, opened.notices
             snapshot = self._build(session, None)
-            self.post_message(Booted(session, snapshot, outcomes))
+            self.post_message(Booted(session, snapshot, outcomes, notices))
         except WorkbenchError as exc:
             self.post_message(BootFailed(str(exc)))
         except Exception as exc:  # a bug must not leave a traceback on the user's terminal
-            log.exception("opening the session failed")
-            self.post_message(BootFailed(f"cannot open the session: {exc}"))
+            log.debug("opening the session failed", exc_info=True)
+            self.post_message(BootFailed(crash_report(exc, "opening the session")))
 
     def submit(self, line: str) -> None:
         """Queue one command line for `Session.execute` (the only way the UI changes state)."""
@@ -106,9 +108,10 @@ class SessionRunner(App[None]):
             try:
                 outcome = session.execute(line, progress=self._progress(),
                                           cancelled=self._cancel.is_set)
-            except Exception as exc:  # a bug in the core or a plugin: one line, no traceback
-                log.exception("command %r failed", line)
-                outcome = Outcome(n=0, cmd=line, ok=False, error=f"internal error: {exc}")
+            except Exception as exc:  # Session.execute catches bugs itself; this is a last guard
+                log.debug("command %r failed", line, exc_info=True)
+                outcome = Outcome(n=0, cmd=line[:200], ok=False,
+                                  error=crash_report(exc, f"running {line[:200]!r}"))
             snapshot = self._build(session, outcome, prompts=False)
             self.post_message(CommandFinished(outcome, snapshot))  # performance first
             if snapshot.prompts is None and snapshot.key is not None and not self._queue:
@@ -123,8 +126,8 @@ class SessionRunner(App[None]):
             else:
                 self._worker_last = build_snapshot(session, outcome, last, prompts=prompts)
         except Exception as exc:
-            log.exception("building the views failed")
-            self._worker_last = Snapshot(None, problem=f"cannot show this state: {exc}")
+            self._worker_last = Snapshot(None, problem="cannot show this state: "
+                                         + crash_report(exc, "building the views"))
         return self._worker_last
 
     def _progress(self) -> Callable[[float, str], None]:
