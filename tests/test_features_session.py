@@ -102,7 +102,7 @@ def test_export_and_feature_info(tiny_checkpoint: Path, folder: Path, tmp_path: 
     s.execute(f"sae load {folder}")
     s.execute("run feature_attr edges=8")
     s.execute("select r1 top=10")
-    for suffix in (".json", ".dot"):
+    for suffix in (".json", ".dot", ".svg"):
         out = s.execute(f"export c1 {tmp_path / ('c1' + suffix)}")
         assert out.ok, out.error
     text = (tmp_path / "c1.dot").read_text()
