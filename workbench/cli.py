@@ -345,6 +345,21 @@ register("replay", "re-execute a session file headless; check digests and integr
 register("finetune", "fine-tune a GPT-2-family checkpoint on text", cmd_finetune)
 
 
+SAE_FLAGS = {
+    "d_sae": "dictionary features",
+    "k": "active features per vector (topk)",
+    "steps": "optimizer steps",
+    "batch": "prompts per step",
+    "seed": "random seed of data order, initial weights and resampling",
+    "resample_every": "resample dead features every N steps",
+    "eval_every": "measure L0 / FVU / dead / replacement every N steps",
+    "eval_n": "held-out prompts per evaluation",
+    "threads": "torch CPU threads",
+    "l1": "sparsity coefficient (relu: L1, jumprelu: L0)",
+    "lr": "Adam learning rate",
+}
+
+
 def cmd_train_sae(argv: list[str]) -> int:
     """Train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder; Ctrl-C saves."""
     from rich import progress as rp
@@ -354,19 +369,20 @@ def cmd_train_sae(argv: list[str]) -> int:
     defaults = SaeConfig()
     p = argparse.ArgumentParser(prog="workbench train-sae",
                                 description="train a sparse dictionary on a model's activations")
-    p.add_argument("--model", default=defaults.model)
+    p.add_argument("--model", default=defaults.model,
+                   help="bundled name, checkpoint folder or cached hub name (default add3)")
     p.add_argument("--site", required=True, help="attn_out | mlp_out | resid_pre | mlp")
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--layer", type=int, required=True, help="the layer of the site")
     p.add_argument("--transcoder", action="store_true", help="with --site mlp: MLP in -> out")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder to write (SAELens layout: cfg.json + sae_weights.safetensors)")
     p.add_argument("--task", default=None, help="default: the model's own task")
     p.add_argument("--text", default=None, help="a text file to stream instead of a task")
     p.add_argument("--sparsity", default=defaults.sparsity, help="topk | relu (L1) | jumprelu")
-    for name in ("d_sae", "k", "steps", "batch", "seed", "resample_every", "eval_every",
-                 "eval_n", "threads"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("l1", "lr"):
-        p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    for name, text in SAE_FLAGS.items():
+        kind = float if name in ("l1", "lr") else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
+                       help=f"{text} (default {getattr(defaults, name)})")
     p.add_argument("--wandb", action="store_true", help="log to wandb (offline unless set up)")
     p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
     args = p.parse_args(argv)
