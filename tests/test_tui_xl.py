@@ -175,6 +175,9 @@ async def test_xl_eap_result_shows_top_k_and_searches(xl_session: Session) -> No
         assert f"of {2 * 25 + 3 * 25 * (1 + 47 * 26):,} matching 'a47.*'" in body
         lines = [ln for ln in body.splitlines()[1:] if ln.strip()]
         assert len(lines) == 40 and all("a47." in ln.split()[0] for ln in lines)
+        assert app.query_one(HeadGrid).has_focus  # Enter hands the keys back to the grid
+        await pilot.press("ctrl+f", "ctrl+u", *"zzz", "enter")
+        assert "nothing matches 'zzz'" in str(pane.query_one("#result-body").content)
 
 
 # -- the pieces underneath -----------------------------------------------------------------------

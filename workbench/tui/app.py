@@ -40,12 +40,14 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import GridPane, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane
+from workbench.tui.panes.plots import FigurePane, result_figure, train_figure
 from workbench.tui.panes.prompts import PromptsPane
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import circuit_of
@@ -98,6 +100,11 @@ class WorkbenchApp(SessionRunner):
                     yield ResultsPane(id="results-pane")
                 with TabPane("graph", id="graph"):
                     yield GraphView(id="graph-view")
+                with TabPane("plot", id="plot"):
+                    yield FigurePane("no results yet: try  run dla  or  run prune",
+                                     id="plot-pane")
+                with TabPane("train", id="train"):
+                    yield FigurePane("no model loaded", id="train-pane")
         with Horizontal(id="status-row"):
             yield Static("starting...", id="status")
             yield ProgressBar(id="progress", show_eta=False)
@@ -110,7 +117,7 @@ class WorkbenchApp(SessionRunner):
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
-        self._boot()
+        self.boot()
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -123,10 +130,20 @@ class WorkbenchApp(SessionRunner):
             self.notify(one_line(notice), severity="warning", timeout=15)
             self.query_one(LogPane).note(one_line(notice))
         self._apply(message.snapshot)
-        self.ready = True
+        self.ready = True  # the grid and the keys work; performance follows (ViewsReady)
+        self._status("measuring performance...")
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        try:
+            self._apply(message.snapshot)
+        except Exception as exc:
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the state: " + crash_report(
+                exc, "showing the first views")), severity="error")
         self._status("ready")
         self._set_running(False)
-        self._start_drain()
+        super().on_views_ready(message)
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
@@ -224,6 +241,11 @@ class WorkbenchApp(SessionRunner):
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
+        self.query_one("#plot-pane", FigurePane).show(*result_figure(self.selected_result,
+                                                                     result))
+        model = state.model
+        self.query_one("#train-pane", FigurePane).show(*train_figure(
+            getattr(model, "directory", None) if model is not None else None))
 
     def _graph_layout(self) -> GraphLayout | None:
         return None if self.session is None else \
@@ -302,6 +324,7 @@ class WorkbenchApp(SessionRunner):
         self._status("  ".join(words[:12]) + more)
 
     @on(CommandLine.Left)
+    @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 

@@ -4,8 +4,10 @@ Where it sits: `SessionRunner` is the base of `WorkbenchApp`. `submit(line)` que
 one worker thread (`_drain`) executes the queue in order through `Session.execute`, with a
 throttled `progress` callback and a `cancelled` callback that Esc (`action_cancel`) sets. After
 each command it posts `CommandFinished` with the performance view, then `PromptsReady` with the
-prompt table (unless more commands are queued). Opening the session (`_boot`: load a model or
-resume a log) runs in the same worker group. The subclass handles the messages and renders.
+prompt table (unless more commands are queued). Opening the session (`boot`: load a model or
+resume a log) runs in the same worker group and posts `Booted` as soon as the model is resident,
+then `ViewsReady` with the first performance; commands submitted in between wait for it.
+The subclass handles the messages and renders.
 
 Invariants: only the worker touches the session, and only through `execute`, so commands never
 overlap and everything lands in the log; an exception anywhere in the worker becomes a failed
@@ -34,6 +36,7 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.views import Snapshot, build_snapshot, state_key, with_prompts
 
@@ -61,6 +64,12 @@ class SessionRunner(App[None]):
         self._queue.clear()
         self._cancel.set()  # a technique still running in the worker stops at its next check
 
+    def boot(self) -> None:
+        """Open the session in the worker; commands queue until the first views are shown."""
+        with self._lock:
+            self.busy = True
+        self._boot()
+
     @work(thread=True, exit_on_error=False, group="session")
     def _boot(self) -> None:
         try:
@@ -73,13 +82,23 @@ class SessionRunner(App[None]):
                 opened = open_or_fresh(model, path, device, self._progress(),
                                        self._cancel.is_set, download)
                 session, outcomes, notices = opened.session, opened.outcomes, opened.notices
-            snapshot = self._build(session, None)
-            self.post_message(Booted(session, snapshot, outcomes, notices))
+            first = Snapshot(None, problem="measuring performance...") \
+                if session.state.model is not None else self._build(session, None)
+            self.post_message(Booted(session, first, outcomes, notices))  # usable: grid, keys
+            self.post_message(ViewsReady(self._build(session, None)))
         except WorkbenchError as exc:
+            self.busy = False
             self.post_message(BootFailed(str(exc)))
         except Exception as exc:  # a bug must not leave a traceback on the user's terminal
             log.debug("opening the session failed", exc_info=True)
+            self.busy = False
             self.post_message(BootFailed(crash_report(exc, "opening the session")))
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        """The first views are shown (by the subclass); queued commands may run now."""
+        with self._lock:
+            self.busy = False
+        self._start_drain()
 
     def submit(self, line: str) -> None:
         """Queue one command line for `Session.execute` (the only way the UI changes state)."""

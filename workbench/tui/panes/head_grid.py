@@ -196,6 +196,13 @@ class HeadGrid(ScrollView, can_focus=True):
         """Columns the whole grid needs (labels, every shown column, a scrollbar)."""
         return LABEL + CELL * len(self.cols_shown) + 2 if self.cols_shown else 0
 
+    def drawn(self, name: str) -> str:
+        """The text the cell `name` was last drawn with ("" if not drawn since it changed)."""
+        if self.view is None:
+            return ""
+        cell = _names(self.view.n_layers, self.view.n_heads)[1].get(name)
+        return "".join(seg.text for seg in self._cells.get(cell, [])) if cell else ""
+
     @property
     def cursor_node(self) -> str | None:
         if self.view is None or self.view.n_layers == 0:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widgets import Input, Static
 
 from workbench.plugins import CircuitResult, Curve, EdgeScores, NodeScores, Result, Table
@@ -55,7 +56,10 @@ def _shade(value: float, scale: float) -> str:
 def render_ranked(view: Ranked) -> Text:
     out = Text()
     unit = f" ({view.unit})" if view.unit else ""
-    if view.query:
+    if view.query and not view.matched:
+        out.append(f"nothing matches {view.query!r} (of {view.total:,}): names are like a9.1, "
+                   "m3, a3.0->a9.1<q>; patterns a3?.*, m*, a*.*->m9\n", style="dim")
+    elif view.query:
         out.append(f"top {len(view.rows)} of {view.matched:,} matching {view.query!r} "
                    f"(of {view.total:,}) by |score|{unit}\n", style="dim")
     else:
@@ -140,14 +144,18 @@ def render_part(result: object, query: str = "", top: int = TOP) -> Text:
 
 
 class ResultsPane(VerticalScroll):
-    """Header, a search box (Enter searches; empty shows the top of everything) and the body:
-    one `Static` holding the whole rendered text, however many scores the result has."""
+    """Header, a search box (Ctrl+F; Enter searches and returns to the grid, empty shows the
+    top of everything, Esc leaves it) and the body: one `Static` holding the whole rendered
+    text, however many scores the result has."""
 
     DEFAULT_CSS = """
     ResultsPane { padding: 0 1; }
     ResultsPane > #result-title { color: $text-muted; }
     ResultsPane > #result-search { border: none; height: 1; padding: 0; margin: 0 0 1 0; }
     """
+
+    class Left(Message):
+        """The user is done with the search box (Enter or Esc): the app focuses the grid."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -194,3 +202,9 @@ class ResultsPane(VerticalScroll):
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.search(event.value)
+        self.post_message(self.Left())  # keys (`:`, toggles) work again; Ctrl+F refines
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.query_one("#result-search", Input).has_focus:
+            event.stop()
+            self.post_message(self.Left())
