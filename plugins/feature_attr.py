@@ -48,7 +48,7 @@ def run(ctx: Context, params: Params) -> FeatureGraph:
     if not dicts:
         raise WorkbenchError("feature_attr needs dictionaries: sae load add3 (or a folder) "
                              "first")
-    w, enc = ctx.engine.weights, ctx.engine.enc
+    w, enc = ctx.api.weights, ctx.api.enc
     dicts.check(w)
     target = parse_target(params.target, dicts, enc.clean.shape[1])
     ctx.progress(0.0, "replacement forward")

@@ -37,7 +37,7 @@ class Params:
 def run(ctx: Context, params: Params) -> Composite:
     if not ctx.dictionaries:
         raise WorkbenchError("feature_info needs dictionaries: sae load add3 (or a folder)")
-    w, enc = ctx.engine.weights, ctx.engine.enc
+    w, enc = ctx.api.weights, ctx.api.enc
     with torch.no_grad():
         tr = replacement_run(w, enc.clean, ctx.dictionaries, "keep")
     name = params.feature or _densest(tr.feats, ctx.dictionaries.keys()[0])
