@@ -40,7 +40,7 @@ from workbench.tasks.encode import EncodedPrompts
 BUILTINS = (
     "plugins.dla", "plugins.eap", "plugins.eap_ig", "plugins.acdc", "plugins.logit_lens",
     "plugins.attn", "plugins.ov_copy", "plugins.ablate_each", "plugins.patch",
-    "plugins.path_patch", "plugins.prune", "plugins.mask",
+    "plugins.path_patch", "plugins.prune", "plugins.mask", "plugins.year_probs",
 )
 ENTRY_POINT_GROUP = "workbench.plugins"
 
