@@ -23,6 +23,7 @@ from workbench.plugins import EdgeScores, NodeScores
 from workbench.session import Session
 from workbench.tokenizer import build_tokenizer, save_tokenizer
 from workbench.tui.app import WorkbenchApp
+from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import HeadGrid
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import ranked
@@ -178,6 +179,18 @@ async def test_xl_eap_result_shows_top_k_and_searches(xl_session: Session) -> No
         assert app.query_one(HeadGrid).has_focus  # Enter hands the keys back to the grid
         await pilot.press("ctrl+f", "ctrl+u", *"zzz", "enter")
         assert "nothing matches 'zzz'" in str(pane.query_one("#result-body").content)
+
+        app.submit("select r1 top=20")  # the graph tab is fed (at most) the top 20 edges
+        await settle(app, pilot)
+        graph = app.query_one(GraphView)
+        picture = graph.picture
+        top20 = {str(e) for e, _ in result.top(20)}
+        assert picture is not None and picture.circuits[0].name == "c1"
+        assert 0 < len(picture.circuits[0].edges) <= 20
+        assert {str(e) for e in picture.circuits[0].edges} <= top20
+        await pilot.press("enter")  # a toggle does not lay the circuit out again
+        await settle(app, pilot)
+        assert graph.picture is picture
 
 
 # -- the pieces underneath -----------------------------------------------------------------------
