@@ -175,4 +175,5 @@ def run(ctx: Context, params: Params) -> CircuitResult:
 TECHNIQUE = Technique(
     name="acdc", title="Automatic circuit discovery (ACDC)", Params=Params, run=run,
     cost="~0.5 FE per tested edge (restart at the receiver's layer, batched candidates)",
+    estimate=lambda ctx, p: 2 + 0.5 * ctx.graph.n_edges,
 )

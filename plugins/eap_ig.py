@@ -39,5 +39,5 @@ def run(ctx: Context, params: Params) -> EdgeScores:
 
 TECHNIQUE = Technique(
     name="eap_ig", title="Edge attribution patching with integrated gradients", Params=Params,
-    run=run, cost="steps x (1 forward + 1 backward)",
+    run=run, cost="steps x (1 forward + 1 backward)", estimate=lambda ctx, p: 2 + 2 * p.steps,
 )

@@ -109,4 +109,6 @@ def run(ctx: Context, params: Params) -> Composite:
 TECHNIQUE = Technique(
     name="mask", title="Learned edge masks (edge pruning)", Params=Params, run=run,
     cost="steps x (1 forward + 1 backward) on batch_size prompts",
+    estimate=lambda ctx, p: 2 + 2 * p.steps * min(p.batch_size, len(ctx.prompts))
+    / max(1, len(ctx.prompts)),
 )

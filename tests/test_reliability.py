@@ -308,3 +308,15 @@ def test_every_flag_has_help(name: str, monkeypatch: pytest.MonkeyPatch) -> None
     assert seen
     missing = [a.dest for a in seen[0]._actions if not a.help]
     assert missing == [], f"workbench {name}: flags without help: {missing}"
+
+
+def test_long_runs_are_estimated_and_refused_before_work(
+    s: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKBENCH_MAX_WORK", "500")
+    edges = s.engine().graph.n_edges
+    error = failed(s, "run acdc")
+    assert f"about {16 * (2 + 0.5 * edges):,.0f} prompt forward passes" in error
+    assert "WORKBENCH_MAX_WORK=" in error and "over the limit of 500" in error
+    assert "over the limit" in failed(s, "run mask steps=1000")
+    assert s.execute("run mask steps=5").ok  # 16 x 12 FE: under the limit

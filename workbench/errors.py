@@ -58,4 +58,4 @@ def crash_report(exc: BaseException, what: str) -> str:
     except Exception:  # the report is best effort; the session must go on
         where = "no report written (data folder not writable)"
     return one_line(f"internal error ({name}: {exc}); this is a bug in the workbench, "
-                    f"{where}; the state is unchanged")
+                    f"{where}")

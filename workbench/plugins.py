@@ -242,6 +242,9 @@ class Technique:
     Params: type
     run: Callable[[Context, Any], Result]
     cost: str = ""  # in forward-pass equivalents, for `help run NAME`
+    # Forward-pass equivalents per prompt for these params, known before running: the session
+    # refuses a run past `settings.max_work` prompt-forwards (None: cheap, not checked).
+    estimate: Callable[[Context, Any], float] | None = None
 
     def params(self, options: dict[str, str]) -> Any:
         """Coerce `key=value` strings into this technique's `Params`."""

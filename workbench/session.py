@@ -50,6 +50,7 @@ from workbench.plugins import Cancelled, Context, Result, Technique, load_regist
 from workbench.sessionlog import Entry, Header, SessionLog, digest_out, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
+from workbench.training import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class Session:
         except Exception as exc:  # a bug: one line and a crash report, never a traceback
             log.debug("command %r raised", text, exc_info=True)
             self.state = before
-            outcome = Outcome(n, text[:200], False, error=crash_report(exc, f"execute {text!r}"),
+            error = crash_report(exc, f"execute {text[:1000]!r}") + "; the state is unchanged"
+            outcome = Outcome(n, text[:200], False, error=error,
                               seconds=time.perf_counter() - start)
         if not outcome.ok:
             self.state = before  # a failed command leaves the state exactly as it was
@@ -216,7 +218,9 @@ class Session:
         return handler(cmd)  # type: ignore[no-any-return]
 
     def _load(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        model = load_model(cmd.args[0], device=cmd.option("device") or self.device,
+        step = cmd.option("step")
+        source = cmd.args[0] if step is None else str(checkpoint_path(cmd.args[0], int(step)))
+        model = load_model(source, device=cmd.option("device") or self.device,
                            dtype=cmd.option("dtype") or "float32")  # type: ignore[arg-type]
         self.state = replace(self.state, model=model, ablations=())
         if self.state.prompts is None:
@@ -225,7 +229,8 @@ class Session:
             self.state = replace(self.state, prompts=prompts)
         card = model.card
         return {"model": card.name, "identity": model.identity.sha256,
-                "layers": card.n_layers, "heads": card.n_heads, "device": card.device}, model
+                "layers": card.n_layers, "heads": card.n_heads, "device": card.device,
+                **({"step": int(step)} if step is not None else {})}, model
 
     def _task(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         opts = dict(cmd.opts)
@@ -315,6 +320,7 @@ class Session:
                       graph=engine.graph, engine=engine, ablations=self.state.ablations,
                       progress=progress or (lambda f, m: None),
                       cancelled=cancelled or (lambda: False), metrics=self.metrics)
+        _check_work(tech, ctx, params)
         result = tech.run(ctx, params)
         rid = f"r{self.state.n_results + 1}"
         self.state = replace(self.state, results=self.state.results + ((rid, result),),
@@ -504,6 +510,20 @@ class Session:
 def _entry(outcome: Outcome) -> Entry:
     return Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok, out=_json_safe(outcome.out),
                  error=outcome.error, digest=outcome.digest, seconds=round(outcome.seconds, 4))
+
+
+def _check_work(tech: Technique, ctx: Context, params: Any) -> None:
+    """Refuse a run whose estimated cost is past `settings.max_work`, before it starts."""
+    if tech.estimate is None:
+        return
+    per_prompt = float(tech.estimate(ctx, params))
+    work, limit = per_prompt * len(ctx.prompts), settings.current().max_work
+    if work > limit:
+        raise WorkbenchError(
+            f"run {tech.name}: about {work:,.0f} prompt forward passes ({per_prompt:,.0f} FE "
+            f"x {len(ctx.prompts):,} prompts; {tech.cost}) is over the limit of {limit:,}: use "
+            f"fewer prompts (task ... n=) or smaller options, or raise the limit "
+            f"(WORKBENCH_MAX_WORK={int(work) + 1} or max_work in settings.toml)")
 
 
 def _new_folder(path: Path) -> Path:

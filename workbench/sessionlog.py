@@ -264,8 +264,12 @@ def _read_text(path: Path) -> str:
         return path.read_text("utf-8")
     except FileNotFoundError:
         raise WorkbenchError(f"no such session file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkbenchError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{path} is not a session file (not UTF-8 text at byte "
+                             f"{exc.start}): give a .jsonl session log or a script of "
+                             "commands") from None
+    except OSError as exc:
+        raise WorkbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _parse_lines(path: Path, lines: list[str], torn: bool = False

@@ -39,14 +39,15 @@ class Settings:
     log_level: str = "WARNING"  # logging level of the `workbench` command
     max_prompts: int = 20_000  # largest prompt set `task n=` builds (raise it to go further)
     max_line: int = 10_000  # longest command line accepted (characters)
+    max_work: int = 50_000_000  # largest run, in prompt x forward-pass equivalents
 
     def __post_init__(self) -> None:
         if self.log_level.upper() not in LOG_LEVELS:
             raise WorkbenchError(f"log_level {self.log_level!r}: choose {'|'.join(LOG_LEVELS)}")
         object.__setattr__(self, "log_level", self.log_level.upper())
-        for name in ("max_prompts", "max_line"):
-            if not 1 <= getattr(self, name) <= 10**9:
-                raise WorkbenchError(f"{name} must be between 1 and 1000000000")
+        for name in ("max_prompts", "max_line", "max_work"):
+            if not 1 <= getattr(self, name) <= 10**15:
+                raise WorkbenchError(f"{name} must be between 1 and 10**15")
 
     @property
     def data_dir(self) -> Path:
