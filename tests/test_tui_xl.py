@@ -203,9 +203,12 @@ def test_edge_top_and_above_equal_a_full_stable_sort() -> None:
     scores = EdgeScores("t", graph, values)
     order = torch.argsort(values.abs(), descending=True, stable=True).tolist()
     full = [(graph.edges[i], float(values[i])) for i in order]
-    assert scores.ranked() == full
+    assert scores.ranked() == full and list(scores.ranked()) == full
+    ranked_ = scores.ranked()
+    assert len(ranked_) == len(full) and ranked_[3] == full[3] and ranked_[-1] == full[-1]
     for k in (0, 1, 7, graph.n_edges // 2, graph.n_edges, graph.n_edges + 5):
-        assert scores.top(k) == full[:k]
+        assert scores.top(k) == full[:k] and scores.ranked()[:k] == full[:k]
+    assert ranked_[2:9] == full[2:9] and ranked_[::5] == full[::5]
     assert scores.above(0.5) == [(e, v) for e, v in full if abs(v) >= 0.5]
     assert scores.summary()["top"][0] == [str(full[0][0]), full[0][1]]
     half = EdgeScores("t", graph, values.to(torch.bfloat16))

@@ -241,8 +241,9 @@ class WorkbenchApp(SessionRunner):
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
-        self.query_one("#plot-pane", FigurePane).show(*result_figure(self.selected_result,
-                                                                     result))
+        plots = self.query_one("#plot-pane", FigurePane)
+        if result is None or plots.key != (self.selected_result, id(result)):
+            plots.show(*result_figure(self.selected_result, result))  # not again per toggle
         model = state.model
         self.query_one("#train-pane", FigurePane).show(*train_figure(
             getattr(model, "directory", None) if model is not None else None))
