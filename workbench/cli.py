@@ -129,6 +129,8 @@ def _int_word(value: str, key: str) -> int:
 
 def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, Any]:
     """Metrics of a loaded model on a generated prompt set, as `eval --json` prints them."""
+    import torch
+
     from workbench.metrics import Report, answer_logits
     from workbench.tasks import make_task
     from workbench.tasks.encode import encode
@@ -136,7 +138,10 @@ def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, A
     n, seed, corrupt, task_options = _split_run_options(dict(options))
     task = make_task(task_name, **task_options)
     enc = encode(task.prompt_set(n, seed, corrupt, split="test"), model.tokenizer)
-    report = Report.of(answer_logits(model.logits(enc.clean), enc), enc)
+    chunk = max(1, 2**24 // (enc.clean.numel() // enc.n * len(model.tokenizer)))  # ~64 MB each
+    parts = [enc.subset(slice(i, i + chunk)) for i in range(0, enc.n, chunk)]
+    al = torch.cat([answer_logits(model.logits(part.clean), part) for part in parts])
+    report = Report.of(al, enc)
     typed = {k: getattr(task, k) for k in task_options}  # as the task read them
     return {"model": model.identity.source, "identity": model.identity.sha256,
             "task": task_name, "options": typed, **asdict(report)}
@@ -164,7 +169,8 @@ def cmd_eval(argv: list[str]) -> int:
         digits = " ".join(f"{a:.3f}" for a in result["per_digit_accuracy"])
         print(f"{result['model']} on {result['task']} (n={result['n']}): accuracy "
               f"{result['accuracy']:.4f}, per digit [{digits}], logit diff "
-              f"{result['logit_diff']:.3f}, answer prob {result['prob']:.3f}")
+              f"{result['logit_diff']:.3f}, answer prob {result['prob']:.3f}, prob diff "
+              f"{result['prob_diff']:.3f}")
     return 0
 
 
@@ -185,6 +191,22 @@ def cmd_open(argv: list[str]) -> int:
     return run_app(args.model, path, device=args.device, download=args.download)
 
 
+def _mix(specs: list[str]) -> list[dict[str, Any]]:
+    """`--mix 'counting kind=months'` -> [{"task": "counting", "options": {"kind": "months"}}],
+    options typed as the task reads them."""
+    from workbench.tasks import make_task
+
+    out = []
+    for spec in specs:
+        words = spec.split()
+        if not words:
+            raise WorkbenchError("--mix needs a task name, e.g. --mix 'counting kind=months'")
+        options = dict(key_values(words[1:]))
+        task = make_task(words[0], **options)
+        out.append({"task": words[0], "options": {k: getattr(task, k) for k in options}})
+    return out
+
+
 def cmd_train(argv: list[str]) -> int:
     from workbench.train import TrainConfig, command_line, train, write_card
 
@@ -203,6 +225,11 @@ def cmd_train(argv: list[str]) -> int:
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step but keep the --steps-long schedule")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
+    p.add_argument("--tokenizer", choices=("digits", "gpt2"), default="digits",
+                   help="digits (one token per character) or gpt2 (GPT-2's exact BPE)")
+    p.add_argument("--mix", action="append", default=[], metavar="'TASK key=value ...'",
+                   help="train this task too (repeatable), e.g. --mix 'counting kind=months'")
+    p.add_argument("--half", action="store_true", help="store the weights in float16")
     args = _parse(p, argv)
     from workbench.tasks import TASKS, make_task
 
@@ -215,7 +242,8 @@ def cmd_train(argv: list[str]) -> int:
         f: getattr(args, f) for f in ("seed", "steps", "batch", "n_layer", "d_model", "n_head",
                                       "lr", "weight_decay", "warmup", "log_every",
                                       "eval_every", "eval_n", "target", "threads",
-                                      "stop_at", "save_every")})
+                                      "stop_at", "save_every")},
+                      tokenizer=args.tokenizer, half=args.half, mix=_mix(args.mix))
 
     def show(row: dict[str, Any]) -> None:
         if row["split"] == "test":
@@ -388,5 +416,86 @@ register("train", "train a bundled-style toy model on a task", cmd_train)
 register("replay", "re-execute a session file headless; check digests and integrity",
          cmd_replay)
 register("finetune", "fine-tune a GPT-2-family checkpoint on text", cmd_finetune)
+
+
+SAE_FLAGS = {
+    "d_sae": "dictionary features",
+    "k": "active features per vector (topk)",
+    "steps": "optimizer steps",
+    "batch": "prompts per step",
+    "seed": "random seed of data order, initial weights and resampling",
+    "resample_every": "resample dead features every N steps",
+    "eval_every": "measure L0 / FVU / dead / replacement every N steps",
+    "eval_n": "held-out prompts per evaluation",
+    "threads": "torch CPU threads",
+    "l1": "sparsity coefficient (relu: L1, jumprelu: L0)",
+    "lr": "Adam learning rate",
+}
+
+
+def cmd_train_sae(argv: list[str]) -> int:
+    """Train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder; Ctrl-C saves."""
+    from rich import progress as rp
+
+    from workbench.features.train import SaeConfig, command_line, train_sae
+
+    defaults = SaeConfig()
+    p = argparse.ArgumentParser(prog="workbench train-sae",
+                                description="train a sparse dictionary on a model's activations")
+    p.add_argument("--model", default=defaults.model,
+                   help="bundled name, checkpoint folder or cached hub name (default add3)")
+    p.add_argument("--site", required=True, help="attn_out | mlp_out | resid_pre | mlp")
+    p.add_argument("--layer", type=int, required=True, help="the layer of the site")
+    p.add_argument("--transcoder", action="store_true", help="with --site mlp: MLP in -> out")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder to write (SAELens layout: cfg.json + sae_weights.safetensors)")
+    p.add_argument("--task", default=None, help="default: the model's own task")
+    p.add_argument("--text", default=None, help="a text file to stream instead of a task")
+    p.add_argument("--sparsity", default=defaults.sparsity, help="topk | relu (L1) | jumprelu")
+    for name, text in SAE_FLAGS.items():
+        kind = float if name in ("l1", "lr") else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
+                       help=f"{text} (default {getattr(defaults, name)})")
+    p.add_argument("--wandb", action="store_true", help="log to wandb (offline unless set up)")
+    p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
+    args = p.parse_args(argv)
+    cfg = SaeConfig(model=args.model, site=args.site, layer=args.layer,
+                    transcoder=args.transcoder, task=args.task,
+                    task_options=dict(key_values(args.options)), text=args.text,
+                    sparsity=args.sparsity, **{n: getattr(args, n) for n in (
+                        "d_sae", "k", "steps", "batch", "seed", "resample_every",
+                        "eval_every", "eval_n", "threads", "l1", "lr")})
+    cfg.check()
+    progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                           rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[info]}"),
+                           rp.TimeElapsedColumn())
+    bar = progress.add_task(f"train-sae {cfg.site} {cfg.layer}", total=cfg.steps, info="")
+
+    def show(row: dict[str, Any]) -> None:
+        if row["kind"] == "train":
+            progress.update(bar, completed=row["step"],
+                            info=f"FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}")
+        elif row["kind"] == "eval":
+            progress.console.print(
+                f"step {row['step']:>6}  L0 {row['l0']:.2f}  FVU {row['fvu']:.4f}  dead "
+                f"{row['dead']:.3f}  replacement {row['perf_drop']:.1f}% (error dropped), "
+                f"{row['perf_keep']:.1f}% (kept)")
+        elif row["kind"] == "resample":
+            progress.console.print(f"step {row['step']:>6}  resampled {row['dead']} dead")
+
+    with progress:
+        result = train_sae(cfg, args.out, on_log=show, wandb=args.wandb)
+    s = result.stats
+    print(f"saved {args.out} (SAELens layout): L0 {s['l0']:.2f}, FVU {s['fvu']:.4f}, dead "
+          f"{s['dead']:.3f}, replacement {s['perf_drop']:.1f}% after {result.steps} steps "
+          f"({result.seconds:.0f} s)")
+    if result.interrupted:
+        print(f"interrupted; reproduce the full run with: {command_line(cfg, args.out)}")
+        return 130
+    return 0
+
+
+register("train-sae", "train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder",
+         cmd_train_sae)
 register("plot-train", "per-digit training curves of a run (and confusion at its checkpoints)",
          cmd_plot_train)

@@ -47,7 +47,7 @@ from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import GridPane, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane
-from workbench.tui.panes.plots import FigurePane, result_figure, train_figure
+from workbench.tui.panes.plots import FigurePane, result_figure, result_key, run_of, train_figure
 from workbench.tui.panes.prompts import PromptsPane
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import circuit_of
@@ -241,12 +241,12 @@ class WorkbenchApp(SessionRunner):
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
-        plots = self.query_one("#plot-pane", FigurePane)
-        if result is None or plots.key != (self.selected_result, id(result)):
-            plots.show(*result_figure(self.selected_result, result))  # not again per toggle
-        model = state.model
-        self.query_one("#train-pane", FigurePane).show(*train_figure(
-            getattr(model, "directory", None) if model is not None else None))
+        rid = self.selected_result
+        self.query_one("#plot-pane", FigurePane).show(result_key(rid, result),
+                                                      lambda: result_figure(rid, result))
+        directory = getattr(state.model, "directory", None)
+        self.query_one("#train-pane", FigurePane).show(
+            run_of(directory), lambda: train_figure(directory))
 
     def _graph_layout(self) -> GraphLayout | None:
         """The graph tab's layout; the same object while its source is unchanged, so a toggle
@@ -338,6 +338,17 @@ class WorkbenchApp(SessionRunner):
     @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
+
+    @on(GraphView.OpenNode)
+    def _open_node(self, message: GraphView.OpenNode) -> None:
+        """Enter on a feature node: show it (`run feature_info`); error nodes have none."""
+        from workbench.graph import parse_node
+
+        node = parse_node(message.node)
+        d = self.session.state.dictionaries.get(f"{node.site}{node.layer}") \
+            if self.session is not None and node.kind == "feature" else None
+        if d is not None and node.index < d.d_sae:
+            self.submit(f"run feature_info feature={node.base()}")
 
     @on(GraphView.NextCircuit)
     def _next_circuit(self) -> None:
