@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from workbench.api import AblationEngine, EngineAPI, Metric, Mode
+from workbench.engine.api import AblationEngine, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, EdgeScores, Technique
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from workbench.ablation import Ablation, AblationEngine
-from workbench.api import EngineAPI
+from workbench.engine.api import EngineAPI
 from workbench.errors import WorkbenchError
 from workbench.features.replacement import DictionarySet
 from workbench.forward import Mode
@@ -70,7 +70,7 @@ class Context:
 
     @property
     def api(self) -> EngineAPI:
-        """The engine API (`workbench.api`): the one surface techniques use."""
+        """The engine API (`workbench.engine.api`): the one surface techniques use."""
         return EngineAPI.of(self.engine, self.metrics)
 
     def metric_fn(self, name: str | None = None) -> Metric:
