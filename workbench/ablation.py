@@ -24,12 +24,19 @@ import torch
 from torch import Tensor
 
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Activations, Forward, Mode, Patch, State
+from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, wide
 from workbench.graph import Circuit, Edge, Graph, Node
-from workbench.metrics import MetricName, Report, metric, performance
+from workbench.metrics import MetricName, Report, answer_logits, metric, performance
 from workbench.model import LoadedModel
 from workbench.tasks.encode import EncodedPrompts
 from workbench.weights import Weights
+
+CHECK_ROWS = 4  # prompts the engine's clean logits are checked on against the model's forward
+# Largest max |engine - model| / max |model| (centred answer logits) accepted per dtype: float
+# rounding of two different summation orders, measured in tests/test_variants.py and
+# bench/memory.py (float32 ~1e-6; bfloat16's 8-bit mantissa ~1e-2 after a few layers).
+TOLERANCE: dict[torch.dtype, float] = {torch.float64: 1e-6, torch.float32: 1e-3,
+                                       torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class AblationEngine:
 
     def __init__(self, model: LoadedModel, enc: EncodedPrompts, graph: Graph | None = None
                  ) -> None:
-        self.weights = Weights.from_bridge(model.bridge)
+        self.weights = model.weights  # shared with the model: one copy of the weights
         self.graph = graph or Graph.from_sizes(self.weights.n_layers, self.weights.n_heads)
         self.forward = Forward(self.weights)
         self.device = self.weights.W_E.device
@@ -74,6 +81,7 @@ class AblationEngine:
             self.corrupted_logits, _, corrupted = self.forward.run(
                 self.enc.corrupted, self.enc.answer_pos, record=True)
         assert clean is not None and corrupted is not None
+        self.check_against(model)
         self.clean, self.corrupted = clean, corrupted
         self.values: dict[Mode, Activations] = {
             "zero": _zero_values(self.weights, clean),
@@ -83,6 +91,26 @@ class AblationEngine:
         self._last: tuple[list[bytes], State] | None = None
         self._empty: dict[Mode, Tensor] = {}
         self.last_start = 0  # the layer the last `logits` call restarted from (for benches)
+
+    def check_against(self, model: LoadedModel) -> float:
+        """Compare the clean logits with one forward of the model itself on the first
+        `CHECK_ROWS` prompts; past `TOLERANCE` refuse, naming the config fields that make this
+        GPT-2 a variant. Returns the relative error."""
+        rows = min(CHECK_ROWS, self.enc.n)
+        sub = self.enc.subset(slice(0, rows))
+        ref = answer_logits(model.logits(sub.clean), sub.to(torch.device("cpu")))
+        ours = self.clean_logits[:rows].float().cpu()
+        scale = float(ref.abs().max().clamp(min=1e-30))
+        error = float((ours - ref).abs().max()) / scale
+        self.check_error = error
+        tol = TOLERANCE.get(self.weights.dtype, 1e-3)
+        if not error <= tol:  # also NaN
+            fields = ", ".join(model.variant_fields()) or "no known variant field"
+            raise WorkbenchError(
+                f"the engine's logits differ from the model's own forward by {error:.1e} "
+                f"(relative; tolerance {tol:.0e} in {str(self.weights.dtype)[6:]}) for this "
+                f"config ({fields}): it is not supported; nothing was computed")
+        return error
 
     # -- building patches ------------------------------------------------------------------
 
@@ -174,7 +202,7 @@ class AblationEngine:
         lay = self.forward.layout
         assert patch.node is not None and patch.receiver is not None
         edge_key = patch.edge_mode.encode() if patch.edge is not None else b"-"
-        keys = [patch.node[:, 0].cpu().numpy().tobytes() + edge_key]
+        keys = [_bytes(patch.node[:, 0]) + edge_key]
         for layer in range(lay.n_layers):
             src = lay.head_source(layer, 0)
             rcv = lay.attn_receiver(layer, 0, 0)
@@ -184,10 +212,10 @@ class AblationEngine:
                 parts.append(patch.neuron[:, layer])  # no mask == an all-zero mask
             if patch.edge is not None:
                 parts += [lay.attn_keep(patch.edge, layer), lay.mlp_keep(patch.edge, layer)]
-            keys.append(b"".join(p.cpu().numpy().tobytes() for p in parts))
+            keys.append(b"".join(_bytes(p) for p in parts))
         last = [patch.receiver[:, -1]] + (
             [lay.logits_keep(patch.edge)] if patch.edge is not None else [])
-        keys.append(b"".join(p.cpu().numpy().tobytes() for p in last))
+        keys.append(b"".join(_bytes(p) for p in last))
         return keys
 
     def empty_logits(self, mode: Mode) -> Tensor:
@@ -245,6 +273,11 @@ class AblationEngine:
                     Report.of(logits, self.enc))
 
 
+def _bytes(t: Tensor) -> bytes:
+    """A mask's contents as bytes (0/1 masks are exact in float32; numpy has no bfloat16)."""
+    return t.detach().to(torch.float32).cpu().numpy().tobytes()
+
+
 def _zero_values(w: Weights, clean: Activations) -> Activations:
     """Zero outputs; the residual keeps only the constant attention biases b_O."""
     b_o = torch.cumsum(w.b_O, 0)  # (n_layers, d_model): sum of b_O up to and including L
@@ -261,7 +294,8 @@ def _zero_values(w: Weights, clean: Activations) -> Activations:
 def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
     """Mean over the prompt set at each position, counting only rows long enough to have it."""
     n_pos = clean.embed.shape[1]
-    valid = (torch.arange(n_pos, device=lengths.device)[None, :] < lengths[:, None]).float()
+    acc = wide(clean.embed).dtype  # sums in float32 also for half precision
+    valid = (torch.arange(n_pos, device=lengths.device)[None, :] < lengths[:, None]).to(acc)
     count = valid.sum(0).clamp(min=1)  # (pos,)
 
     def mean(x: Tensor, batch_axis: int) -> Tensor:
@@ -269,7 +303,9 @@ def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
         shape[batch_axis], shape[batch_axis + 1] = valid.shape
         weight = valid.view(shape) / count.view([1] * (batch_axis + 1) + [n_pos] +
                                                 [1] * (x.dim() - batch_axis - 2))
-        return (x * weight).sum(batch_axis, keepdim=True)
+        if batch_axis == 1:  # (layer, batch, ...): one layer at a time bounds the temporary
+            return torch.stack([mean(x[i], 0)[0] for i in range(x.shape[0])]).unsqueeze(1)
+        return (x.to(acc) * weight).sum(batch_axis, keepdim=True).to(x.dtype)
 
     return Activations(
         embed=mean(clean.embed, 0), z=mean(clean.z, 1), mlp_out=mean(clean.mlp_out, 1),

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from workbench.weights import Weights, ln
+from workbench.weights import Weights, embed, ln
 
 Mode = Literal["zero", "mean", "resample"]
 MODES: tuple[Mode, ...] = ("zero", "mean", "resample")
@@ -143,7 +143,7 @@ class Capture:
     """
 
     attn_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
-    qkv: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (b, p, head, e)
+    qkv: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, 3 * head * e)
     mlp_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
     mlp_ln: list[Tensor] = field(default_factory=list)
     final_in: Tensor | None = None  # (batch, n_answer, d) at the answer positions
@@ -155,8 +155,8 @@ class Capture:
         """After backward, one receiver group at a time (so each can be used and freed):
         ("attn", L, d/d(input) of layer L's q/k/v receivers (3, head, batch, pos, d)),
         ("mlp", L, (batch, pos, d)), and last ("logits", -1, (batch, pos, d))."""
-        for layer, (q, k, v) in enumerate(self.qkv):
-            yield "attn", layer, _qkv_input_grads(w, layer, self.attn_in[layer], (q, k, v))
+        for layer, qkv in enumerate(self.qkv):
+            yield "attn", layer, _qkv_input_grads(w, layer, self.attn_in[layer], qkv)
             yield "mlp", layer, ln_backward(self.mlp_in[layer].detach(),
                                             self.mlp_ln[layer].grad, w.eps)  # type: ignore[arg-type]
         assert self.final_in is not None and self.final_ln is not None
@@ -167,10 +167,10 @@ class Capture:
         yield "logits", -1, logits
 
 
-def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
-                     qkv: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    """(3, head, batch, pos, d): the gradient at each head's q/k/v input, from the gradients
-    at q, k, v (before their biases) and the shared input x (batch, pos, d).
+def _qkv_input_grads(w: Weights, layer: int, x: Tensor, qkv: Tensor) -> Tensor:
+    """(3, head, batch, pos, d): the gradient at each head's q/k/v input, from the gradient
+    at the fused q, k, v product (before the biases; batch, pos, 3 * head * e) and the shared
+    input x (batch, pos, d).
 
     It is `ln_backward(x, g_r @ W_r.T)` for every receiver r, done mostly in head space: the
     LayerNorm Jacobian (I - 1 1^T / D - y y^T / D) / scale needs, per receiver, only the scalars
@@ -179,16 +179,21 @@ def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
     passes instead of a LayerNorm backward over every head's copy.
     """
     x = x.detach()
-    b, p, h, e = qkv[0].shape
+    h, e = w.n_heads, w.d_head
+    b, p = x.shape[:2]
     c = x - x.mean(-1, keepdim=True)
     scale = (c.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # (b, p, 1)
     y = c.div_(scale)
     n_model = x.shape[-1]
+    assert qkv.grad is not None
+
+    def head_major(t: Tensor) -> Tensor:  # (b, p, 3 h e) -> (3 h, b*p, e)
+        return t.view(b * p, 3 * h, e).transpose(0, 1)
+
     # (3, head, b*p, e): head-space gradients divided by the scale, receiver-major
-    g = torch.stack([t.grad for t in qkv]).div_(scale.unsqueeze(0).unsqueeze(-1))  # type: ignore[misc]
-    g = g.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
-    raw = torch.stack([t.detach() for t in qkv]).permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
-    mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]]).view(3 * h, n_model, e)
+    g = head_major(qkv.grad / scale).contiguous()
+    raw = head_major(qkv.detach())
+    mats = w.qkv_mats(layer).reshape(3 * h, n_model, e)
     mean_g = torch.einsum("rne,re->rn", g, mats.sum(1)).div_(n_model)  # (3h, b*p)
     mean_gy = torch.einsum("rne,rne->rn", g, raw).div_(n_model)
     out = torch.bmm(g, mats.transpose(1, 2))  # (3h, b*p, d)
@@ -210,15 +215,15 @@ def ln_backward(x: Tensor, g: Tensor, eps: float) -> Tensor:
     return out.div_(scale)
 
 
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32 when it is in half precision (sums that need float32's range/precision)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _keep(t: Tensor, capture: Capture | None) -> Tensor:
     if capture is not None and t.requires_grad:
         t.retain_grad()
     return t
-
-
-def embed(w: Weights, tokens: Tensor) -> Tensor:
-    """(batch, pos) -> (batch, pos, d_model): token plus position embedding."""
-    return w.W_E[tokens] + w.W_pos[: tokens.shape[1]]
 
 
 class Layout:
@@ -351,7 +356,7 @@ class Forward:
         h = ln(x, w.eps)
         if capture is not None:
             capture.final_in, capture.final_ln = x, _keep(h, capture)
-        logits = h @ w.W_U + w.b_U
+        logits = w.unembed(h)  # float32 in every dtype
         acts = None
         if record:
             assert start == 0 and embed_out is not None
@@ -447,23 +452,24 @@ class Forward:
 
     def _attention(self, x: Tensor, layer: int, capture: Capture | None = None) -> Tensor:
         w = self.w
-        if x.dim() == 3:  # one shared input
-            h = ln(x, w.eps)
-            q = torch.einsum("bpd,hde->bphe", h, w.W_Q[layer])
-            k = torch.einsum("bpd,hde->bphe", h, w.W_K[layer])
-            v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer])
+        if x.dim() == 3:  # one shared input: q, k, v in one GEMM (Hugging Face's c_attn)
+            raw = ln(x, w.eps) @ w.W_QKV[layer]  # (batch, pos, 3 * head * e)
             if capture is not None:
-                capture.qkv.append((_keep(q, capture), _keep(k, capture), _keep(v, capture)))
+                capture.qkv.append(_keep(raw, capture))
+            qkv = (raw + w.b_QKV[layer]).unflatten(-1, (3, w.n_heads, w.d_head))
+            q, k, v = qkv.unbind(2)  # (b, p, h, e)
         else:  # (3, head, batch, pos, d): each head reads its own q, k, v input
-            mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]])  # (3, head, d, e)
             t, h, b, p, d = x.shape
-            qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), mats)  # (3, head, b*p, e)
+            qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), w.qkv_mats(layer))
             q, k, v = qkv.view(t, h, b, p, -1).permute(0, 2, 3, 1, 4).unbind(0)  # (b, p, h, e)
-        q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.d_head**0.5
-        n = q.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
+        # Scores and softmax in float32 in every dtype (reorder_and_upcast_attn's rule).
+        scores = torch.einsum("bqhe,bkhe->bhqk", wide(q), wide(k)) * w.attn_scale[layer]
+        if w.causal:
+            n = q.shape[1]
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        pattern = scores.softmax(-1).to(v.dtype)
         return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
 
     @staticmethod
