@@ -116,6 +116,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
 def acdc_fe(engine: Any, receivers: int, forward_s: float) -> dict[str, Any]:
     from discovery import _SubsetGraph
+
     from plugins.acdc import Params, acdc
 
     graph = engine.graph

@@ -232,7 +232,8 @@ class Stacked:
             block.attn.c_attn.bias = param(self.c_attn_b[i])
             block.attn.c_proj.weight = param(self.attn_proj_w[i])
             block.attn.c_proj.bias = param(self.attn_proj_b[i])
-            block.mlp.c_fc.weight, block.mlp.c_fc.bias = param(self.c_fc_w[i]), param(self.c_fc_b[i])
+            block.mlp.c_fc.weight = param(self.c_fc_w[i])
+            block.mlp.c_fc.bias = param(self.c_fc_b[i])
             block.mlp.c_proj.weight = param(self.mlp_proj_w[i])
             block.mlp.c_proj.bias = param(self.mlp_proj_b[i])
         left = [n for n, p in model.named_parameters() if p.is_meta]
