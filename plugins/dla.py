@@ -49,7 +49,7 @@ def run(ctx: Context, params: Params) -> NodeScores:
     final = at_answer(acts.resid_pre[-1])  # (batch, n_ans, d)
     centred = final - final.mean(-1, keepdim=True)
     scale = (centred.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # frozen
-    direction = w.W_U.T[enc.answer] - w.W_U.T[enc.contrast]  # (batch, n_ans, d)
+    direction = w.unembed_dirs(enc.answer) - w.unembed_dirs(enc.contrast)  # (batch, n_ans, d)
     weight = (enc.answer != enc.contrast).float()
     if params.digit is not None:
         keep = torch.zeros(n_ans, device=weight.device)
@@ -78,7 +78,7 @@ def run(ctx: Context, params: Params) -> NodeScores:
         title = "direct logit attribution"
     else:
         L = params.layer
-        post = at_answer(acts.post[L])  # (batch, n_ans, d_mlp)
+        post = at_answer(acts.post_at(w, L))  # (batch, n_ans, d_mlp)
         per_neuron = score(post.unsqueeze(-1) * w.W_out[L])  # (d_mlp,)
         rest = float(score(at_answer(acts.resid_pre[-1] - acts.mlp_out[L]) - bias))
         order = per_neuron.abs().argsort(descending=True)[: params.top_neurons].tolist()

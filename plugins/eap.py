@@ -14,7 +14,10 @@ It equals the gradient of the edge mask `keep` at keep = 1 (tested), at a fracti
 EAP-IG (Hanna et al. 2024) averages the gradient along a straight path of the *inputs* from
 the ablated to the clean prompt (the `input` node interpolated, `steps` points, midpoint rule),
 with the same fixed deltas. Prompts are processed in chunks of `batch_size`, so memory stays
-bounded for any number of prompts; scores are summed over chunks.
+bounded for any number of prompts; scores are summed over chunks (in float32 also for half
+precision weights). The chunk is also cut to what fits (`workbench.memory`: the working set of
+one chunk estimated from shapes, kept under the method budget), and a run that cannot fit even
+one prompt is refused before it starts.
 
 Cost: EAP 1 forward + 1 backward beyond the engine's 2 cached forwards; EAP-IG `steps` of them.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workbench import memory
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Capture, Layout, Mode, Patch
@@ -44,8 +48,12 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
                      batch_size: int = 32, ctx: Context | None = None) -> Tensor:
     """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
     lay, enc, w = engine.forward.layout, engine.enc, engine.weights
-    total = torch.zeros(lay.n_edges, **engine.kw)
+    total = torch.zeros(lay.n_edges, device=engine.device,
+                        dtype=torch.promote_types(w.dtype, torch.float32))
     alphas = [1.0] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
+    batch_size = memory.fit_chunk(
+        working_bytes(engine), 0, batch_size, w.nbytes, engine.device, "run eap",
+        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
     chunks = list(range(0, enc.n, batch_size))
     done, todo = 0, len(chunks) * len(alphas)
     for start in chunks:
@@ -70,9 +78,22 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
                 value = metric_per_prompt(metric, logits, sub, reference)  # type: ignore[arg-type]
                 value.sum().backward()
             grads = capture.input_grads(w, sub.answer_pos, n_pos)
-            total -= _scores(lay, deltas, grads) / enc.n / len(alphas)  # linear in the grads
+            total -= _scores(lay, deltas, grads).to(total.dtype) / enc.n / len(alphas)
             done += 1
+    memory.trim()
     return total
+
+
+def working_bytes(engine: AblationEngine) -> int:
+    """Bytes per prompt of one EAP chunk: the deltas (every source, every position), what the
+    forward keeps for its backward (per layer: residual-wide tensors, two d_mlp-wide ones,
+    float32 attention scores) and the answer logits with their gradient."""
+    w, lay = engine.weights, engine.forward.layout
+    p, d, s = engine.n_pos, w.d_model, w.W_E.element_size()
+    n_answer, vocab = engine.enc.answer.shape[1], w.W_E.shape[0]
+    deltas = lay.n_sources * p * d * s
+    graph = w.n_layers * p * ((16 * d + 2 * w.d_mlp) * s + 12 * w.n_heads * p)
+    return deltas + 3 * w.n_heads * p * d * s + graph + 12 * n_answer * vocab
 
 
 def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:

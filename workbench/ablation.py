@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workbench import memory
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, wide
 from workbench.graph import Circuit, Edge, Graph, Node
@@ -75,6 +76,8 @@ class AblationEngine:
         self.kw = {"device": self.device, "dtype": self.weights.W_E.dtype}  # for new masks
         self.enc = enc.to(self.device)
         self.n_pos = self.enc.clean.shape[1]
+        memory.require(self.cached_bytes(), f"the engine's cached runs of {enc.n} prompts",
+                       "use fewer prompts (task ... n=) or dtype=bfloat16", self.device)
         with torch.no_grad():
             self.clean_logits, _, clean = self.forward.run(
                 self.enc.clean, self.enc.answer_pos, record=True)
@@ -82,15 +85,24 @@ class AblationEngine:
                 self.enc.corrupted, self.enc.answer_pos, record=True)
         assert clean is not None and corrupted is not None
         self.check_against(model)
+        memory.trim()  # the runs' freed temporaries go back to the OS
         self.clean, self.corrupted = clean, corrupted
         self.values: dict[Mode, Activations] = {
             "zero": _zero_values(self.weights, clean),
-            "mean": _mean_values(clean, self.enc.lengths),
+            "mean": _mean_values(self.weights, clean, self.enc.lengths),
             "resample": corrupted,
         }
         self._last: tuple[list[bytes], State] | None = None
         self._empty: dict[Mode, Tensor] = {}
         self.last_start = 0  # the layer the last `logits` call restarted from (for benches)
+
+    def cached_bytes(self) -> int:
+        """What the clean and corrupted recordings (embed, z, mlp_out, resid_pre/mid) hold,
+        plus one layer's temporaries of the forward that makes them."""
+        w, n, p = self.weights, self.enc.n, self.n_pos
+        per_token = w.d_model * (4 * w.n_layers + 2) * w.W_E.element_size()
+        layer = (8 * w.d_model + 2 * w.d_mlp) * w.W_E.element_size() + 8 * w.n_heads * p
+        return n * p * (2 * per_token + layer)
 
     def check_against(self, model: LoadedModel) -> float:
         """Compare the clean logits with one forward of the model itself on the first
@@ -285,13 +297,14 @@ def _zero_values(w: Weights, clean: Activations) -> Activations:
     one = clean.embed[:1]
     return Activations(
         embed=torch.zeros_like(one), z=torch.zeros_like(clean.z[:, :1]),
-        mlp_out=torch.zeros_like(clean.mlp_out[:, :1]), post=torch.zeros_like(clean.post[:, :1]),
+        mlp_out=torch.zeros_like(clean.mlp_out[:, :1]),
+        post=clean.resid_mid.new_zeros((w.n_layers, 1, one.shape[1], w.d_mlp)),
         resid_pre=pre[:, None, None, :].expand(-1, 1, one.shape[1], -1).clone(),
         resid_mid=b_o[:, None, None, :].expand(-1, 1, one.shape[1], -1).clone(),
     )
 
 
-def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
+def _mean_values(w: Weights, clean: Activations, lengths: Tensor) -> Activations:
     """Mean over the prompt set at each position, counting only rows long enough to have it."""
     n_pos = clean.embed.shape[1]
     acc = wide(clean.embed).dtype  # sums in float32 also for half precision
@@ -309,6 +322,7 @@ def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
 
     return Activations(
         embed=mean(clean.embed, 0), z=mean(clean.z, 1), mlp_out=mean(clean.mlp_out, 1),
-        post=mean(clean.post, 1), resid_pre=mean(clean.resid_pre, 1),
+        post=torch.stack([mean(clean.post_at(w, i), 0)[0] for i in range(w.n_layers)]).unsqueeze(1),
+        resid_pre=mean(clean.resid_pre, 1),
         resid_mid=mean(clean.resid_mid, 1),
     )

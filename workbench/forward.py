@@ -39,14 +39,25 @@ MODES: tuple[Mode, ...] = ("zero", "mean", "resample")
 
 @dataclass(frozen=True)
 class Activations:
-    """Per-source outputs of one run; batch may be 1 (zero and mean values broadcast)."""
+    """Per-source outputs of one run; batch may be 1 (zero and mean values broadcast).
+
+    The MLP activations (`post`, d_mlp wide: half of a run's memory if kept) are stored only
+    for batch-1 values (zero, mean); for a recorded run `post_at` recomputes a layer's from
+    its cached MLP input `resid_mid`, with the run's own operations.
+    """
 
     embed: Tensor  # (batch, pos, d_model): the `input` node's output
     z: Tensor  # (n_layers, batch, pos, n_heads, d_head)
     mlp_out: Tensor  # (n_layers, batch, pos, d_model), b_out included
-    post: Tensor  # (n_layers, batch, pos, d_mlp)
+    post: Tensor | None  # (n_layers, batch, pos, d_mlp), or None: see `post_at`
     resid_pre: Tensor  # (n_layers + 1, batch, pos, d_model); the last is the final residual
     resid_mid: Tensor  # (n_layers, batch, pos, d_model)
+
+    def post_at(self, w: Weights, layer: int) -> Tensor:
+        """(batch, pos, d_mlp): layer's MLP activations in this run."""
+        if self.post is not None:
+            return self.post[layer]
+        return w.act(ln(self.resid_mid[layer], w.eps) @ w.W_in[layer] + w.b_in[layer])
 
     def head_out(self, w: Weights, layer: int) -> Tensor:
         """(batch, pos, n_heads, d_model): each head's write into the residual stream."""
@@ -59,8 +70,8 @@ class Activations:
         if not isinstance(index, slice):
             index = torch.tensor(index, dtype=torch.long, device=self.embed.device)
         return Activations(self.embed[index], self.z[:, index], self.mlp_out[:, index],
-                           self.post[:, index], self.resid_pre[:, index],
-                           self.resid_mid[:, index])
+                           None if self.post is None else self.post[:, index],
+                           self.resid_pre[:, index], self.resid_mid[:, index])
 
     def deltas_from(self, ablated: Activations, w: Weights) -> Tensor:
         """(n_sources, batch, pos, d): this run's source outputs minus `ablated`'s, in graph
@@ -320,8 +331,10 @@ class Forward:
             resid = state.resid_pre[start]
             new = state.restart(start, lay.n_sources, flat)
             embed_out = None
-        recorded: dict[str, list[Tensor]] = {k: [] for k in ("z", "mlp_out", "post", "mid")}
+        rec = _Recording(w, resid) if record else None
         for layer in range(start, w.n_layers):
+            if rec is not None:  # written into the recording once, the state holds views
+                resid = rec.put("resid_pre", layer, resid)
             new.resid_pre.append(resid)
             x = self._attn_inputs(resid, layer, patch, values, new)
             if capture is not None:
@@ -337,7 +350,7 @@ class Forward:
             post = w.act(h @ w.W_in[layer] + w.b_in[layer])
             if patch.neuron is not None:
                 post = self._replace(post, patch.neuron[:, layer].transpose(1, 2), values,
-                                     lambda a, L=layer: a.post[L])
+                                     lambda a, L=layer: a.post_at(w, L))
             out = post @ w.W_out[layer] + w.b_out[layer]
             if patch.node is not None:
                 out = self._replace(out, patch.node[:, lay.mlp_source(layer)], values,
@@ -345,10 +358,13 @@ class Forward:
             if edge_abl is not None:
                 new.add_delta(_minus(out, edge_abl.mlp_out[layer]).unsqueeze(0),
                               lay.n_sources, flat)
-            if record:
-                for key, val in (("z", z), ("mlp_out", out), ("post", post), ("mid", mid)):
-                    recorded[key].append(val)
+            if rec is not None:
+                rec.put("z", layer, z)
+                rec.put("mlp_out", layer, out)
+                rec.put("resid_mid", layer, mid)
             resid = mid + out
+        if rec is not None:
+            resid = rec.put("resid_pre", w.n_layers, resid)
         new.resid_pre.append(resid)
         x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
         x = self._edge_input(x, patch, new, lay.logits_keep)
@@ -358,13 +374,9 @@ class Forward:
             capture.final_in, capture.final_ln = x, _keep(h, capture)
         logits = w.unembed(h)  # float32 in every dtype
         acts = None
-        if record:
+        if rec is not None:
             assert start == 0 and embed_out is not None
-            acts = Activations(
-                embed=embed_out, z=torch.stack(recorded["z"]),
-                mlp_out=torch.stack(recorded["mlp_out"]), post=torch.stack(recorded["post"]),
-                resid_pre=torch.stack(new.resid_pre), resid_mid=torch.stack(recorded["mid"]),
-            )
+            acts = Activations(embed=embed_out, post=None, **rec.buffers)
         return logits, new, acts
 
     # -- pieces -------------------------------------------------------------------------
@@ -492,6 +504,25 @@ class Forward:
                 value = pick(values[mode])  # type: ignore[operator]
                 result = result + lift(mask[m]) * value
         return result
+
+
+class _Recording:
+    """The buffers a recorded run writes each layer's outputs into (no per-layer list and
+    final stack: that would hold every activation twice at the end of the run)."""
+
+    def __init__(self, w: Weights, resid: Tensor) -> None:
+        L, (b, p, d) = w.n_layers, resid.shape
+
+        def new(*shape: int) -> Tensor:
+            return resid.new_empty(shape)
+
+        self.buffers = {"z": new(L, b, p, w.n_heads, w.d_head), "mlp_out": new(L, b, p, d),
+                        "resid_pre": new(L + 1, b, p, d), "resid_mid": new(L, b, p, d)}
+
+    def put(self, key: str, layer: int, value: Tensor) -> Tensor:
+        slot = self.buffers[key][layer]
+        slot.copy_(value.detach())
+        return slot
 
 
 def _minus(live: Tensor, ablated: Tensor) -> Tensor:

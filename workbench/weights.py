@@ -21,6 +21,7 @@ per-position constant; `AblationEngine` checks it on every prompt set it is buil
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,16 @@ class Weights:
     @property
     def dtype(self) -> torch.dtype:
         return self.W_QKV.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weight tensors (shared storage, e.g. a tied unembedding, once)."""
+        seen: dict[int, int] = {}
+        for f in dataclasses.fields(self):
+            t = getattr(self, f.name)
+            if isinstance(t, Tensor):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(seen.values())
 
     def _split(self, t: Tensor, port: int) -> Tensor:
         return t.unflatten(-1, (3, self.n_heads, self.d_head)).select(-3, port)
