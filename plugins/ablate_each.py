@@ -38,10 +38,11 @@ class Params:
     per_position: bool = False  # ablate at one position at a time: components x positions
     nodes: str = "a*.*,m*"  # which components, as comma-separated command patterns
     score: Literal["percent", "drop"] = "percent"  # drop = 100 - percent (for select top=K)
+    metric: str | None = None  # performance % of this metric (default: the session's)
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
-    eng = ctx.engine
+    eng, fn = ctx.engine, ctx.metric_fn(params.metric)
     chosen = params.mode or ctx.mode
     modes: tuple[Mode, ...] = tuple(m for m in MODES if chosen in ("all", m))
     if params.per_position and len(modes) > 1:
@@ -55,26 +56,26 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
         ctx.check()
         ctx.progress(i / len(jobs), f"ablating {node.at(pos)} ({mode})")
         logits = eng.logits([Ablation(node.at(pos), mode)])
-        percent = eng.perf(logits, ctx.metric, mode).percent
+        percent = eng.perf(logits, fn, mode).percent
         perf[node, pos, mode] = 100.0 - percent if params.score == "drop" else percent
     ctx.progress(1.0, "done")
     rows = sorted(nodes)
     unit = "points of performance %" if params.score == "drop" else "performance %"
     names = tuple(str(n) for n in rows)
     what = ("performance drop" if params.score == "drop" else "performance %") + \
-        f" with each component ablated alone ({ctx.metric}"
+        f" with each component ablated alone ({fn.name}"
     if params.per_position:
         values = torch.tensor([[perf[n, p, modes[0]] for p in positions] for n in rows])
         return Table(title=f"{what}, {modes[0]}, one position at a time)", rows=names,
                      cols=position_labels(ctx.model.tokenizer, eng.enc), values=values,
-                     unit=unit)
+                     unit=unit, metric=fn.name)
     if len(modes) > 1:
         values = torch.tensor([[perf[n, None, m] for m in modes] for n in rows])
         return Table(title=f"{what}, each mode)", rows=names, cols=tuple(modes), values=values,
-                     unit=unit)
+                     unit=unit, metric=fn.name)
     return NodeScores(title=f"{what}, {modes[0]})",
                       scores={str(n): perf[n, None, modes[0]] for n in rows},
-                      unit=unit)
+                      unit=unit, metric=fn.name)
 
 
 def _components(ctx: Context, patterns: str) -> list[Node]:

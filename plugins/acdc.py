@@ -6,9 +6,10 @@
    untested (they cannot change the output: exact).
 3. Otherwise test its kept incoming edges in turn: remove an edge if removing it changes the
    metric by at most `tau` (|change|, so an edge whose removal *helps* a lot is kept too; with
-   `abs_value=false`, the paper's one-sided rule: KL rising or logit difference falling by less
-   than `tau`). Changes within float noise (1e-6 relative) count as none, so `tau=0` removes
-   exactly the edges that do not change the metric.
+   `abs_value=false`, the paper's one-sided rule: the metric getting worse, in its declared
+   direction, by less than `tau`: KL or l2 rising, logit difference falling). Changes within
+   float noise (1e-6 relative) count as none, so `tau=0` removes exactly the edges that do not
+   change the metric.
 Speed, without changing the result of the sequential algorithm:
 - edges into layers below the receiver are all still kept when it is visited, so the residual
   and source outputs below its layer are the cached clean run: each test restarts at the
@@ -19,14 +20,16 @@ Speed, without changing the result of the sequential algorithm:
   after it. The batch doubles while tests say "remove" and shrinks after a "keep" (capped by
   `replicas` or a memory budget); deltas below the restart layer are shared between replicas.
 
+The metric is the session's unless `metric=NAME` (any registered metric: `l2` is the paper's
+choice for its tracr tasks, `kl` for the others); called directly, `acdc()` defaults to kl.
+
 Cost: about (n_layers - layer) / n_layers forward passes per tested edge (measured in bench/).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -34,9 +37,10 @@ from torch import Tensor
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Activations, Mode, Patch, State
-from workbench.graph import INPUT, Circuit, Edge, Node
-from workbench.metrics import metric_per_prompt
+from workbench.graph import Circuit
+from workbench.metrics import Metric, get_metric
 from workbench.plugins import CircuitResult, Context, Technique
+from workbench.ranges import Range
 from workbench.tasks.encode import EncodedPrompts
 
 NOISE = 1e-6  # relative float noise between batched forwards of different widths
@@ -44,12 +48,13 @@ NOISE = 1e-6  # relative float noise between batched forwards of different width
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 0.01  # metric change below which an edge is removed
-    metric: Literal["kl", "logit_diff"] = "kl"
+    tau: Annotated[float, Range(0, 1e6)] = 0.01  # metric change below which an edge is removed
+    metric: str | None = None  # default: the session's
     mode: Mode | None = None  # ablation of removed edges (default: the session's)
     abs_value: bool = True  # compare |change| with tau (else the one-sided rule)
-    replicas: int = 0  # candidates per batched forward; 0 = choose from a memory budget
-    memory_mb: int = 1024  # budget for one batched forward when replicas = 0
+    # candidates per batched forward; 0 = choose from a memory budget
+    replicas: Annotated[int, Range(0, 65536)] = 0
+    memory_mb: Annotated[int, Range(1, 1 << 20)] = 1024  # one batched forward, replicas=0
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,14 @@ class AcdcStats:
 
 def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None = None
          ) -> tuple[Tensor, dict[int, float], AcdcStats]:
-    """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost."""
-    lay, graph, w = engine.forward.layout, engine.graph, engine.weights
+    """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost.
+    The metric: `params.metric`, else the session's (`ctx`), else kl."""
+    fn = ctx.metric_fn(params.metric) if ctx is not None else get_metric(params.metric or "kl")
+    lay, graph, w = engine.graph, engine.graph, engine.weights
     keep = torch.ones(lay.n_edges, **engine.kw)
     deltas = Activations.groups(engine.clean.deltas_from(engine.values[mode], w), lay.n_heads)
-    current = _metric(engine, params, keep[None], lay.n_layers, deltas, mode)[0]
-    outgoing: dict[Node, list[int]] = defaultdict(list)
-    for index, edge in enumerate(graph.edges):
-        outgoing[edge.src].append(index)
+    current = _metric(engine, fn, keep[None], lay.n_layers, deltas, mode)[0]
+    outgoing = {node: graph.outgoing(node) for node in graph.sources}
     scores: dict[int, float] = {}
     tested = forwards = 0
     layers_run = 0.0
@@ -77,8 +82,7 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
         if ctx is not None:
             ctx.check()
             ctx.progress(i / len(receivers), f"ACDC: {receiver} ({tested} edges tested)")
-        first = graph.edge_index[Edge(INPUT, receiver)]  # every receiver reads input first
-        incoming = list(range(first, first + graph.n_upstream(receiver)))
+        incoming = list(graph.incoming(receiver))
         if receiver.kind != "logits" and not keep[outgoing[receiver.base()]].any():
             keep[incoming] = 0.0  # its output is read by nothing kept: exact, untested
             continue
@@ -92,13 +96,13 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
             rows = keep.repeat(k, 1)
             for j in range(k):  # replica j removes candidates at..at+j
                 rows[j:, candidates[at + j]] = 0.0
-            values = _metric(engine, params, rows, start, deltas, mode)
+            values = _metric(engine, fn, rows, start, deltas, mode)
             forwards += 1
             layers_run += k * (lay.n_layers - start + 0.5) / (lay.n_layers + 0.5)
             prev = current
             for j in range(k):
                 tested += 1
-                change = (values[j] - prev) if params.metric == "kl" else (prev - values[j])
+                change = fn.worse_by(prev, values[j])
                 if params.abs_value:
                     change = abs(change)
                 edge = candidates[at + j]
@@ -120,7 +124,7 @@ def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
     if params.replicas > 0:
         return params.replicas
     enc, w = engine.enc, engine.weights
-    lay = engine.forward.layout
+    lay = engine.graph
     per_row = enc.clean.shape[1] * w.W_E.shape[1] * 4  # one residual row, bytes
     downstream = lay.n_sources - (1 + start * (lay.n_heads + 1)) + 6 * lay.n_heads
     per_replica = enc.n * per_row * max(downstream, 1)
@@ -128,10 +132,10 @@ def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
 
 
 @torch.no_grad()
-def _metric(engine: AblationEngine, params: Params, rows: Tensor, start: int,
+def _metric(engine: AblationEngine, fn: Metric, rows: Tensor, start: int,
             deltas: list[Tensor], mode: Mode) -> list[float]:
     """Metric of each keep vector in `rows` (k, n_edges), restarting at layer `start`."""
-    enc, lay = engine.enc, engine.forward.layout
+    enc, lay = engine.enc, engine.graph
     k = rows.shape[0]
     start = min(start, lay.n_layers)
     clean = engine.clean
@@ -143,7 +147,7 @@ def _metric(engine: AblationEngine, params: Params, rows: Tensor, start: int,
     logits = engine.forward.run(tiled.clean, tiled.answer_pos, patch, engine.values,
                                 start=start, state=state)[0]
     reference = engine.clean_logits.repeat(k, 1, 1)
-    per_prompt = metric_per_prompt(params.metric, logits, tiled, reference)
+    per_prompt = fn.per_prompt(logits, tiled, reference)
     return per_prompt.view(k, enc.n).mean(1).tolist()
 
 
@@ -158,16 +162,18 @@ def run(ctx: Context, params: Params) -> CircuitResult:
     if params.tau < 0:
         raise WorkbenchError("tau must be >= 0")
     mode = params.mode or ctx.mode
-    keep, scores, stats = acdc(ctx.engine, params, mode, ctx)
+    fn = ctx.metric_fn(params.metric)
+    keep, scores, stats = acdc(ctx.engine, replace(params, metric=fn.name), mode, ctx)
     edges = [ctx.graph.edges[i] for i in keep.nonzero().flatten().tolist()]
     circuit = Circuit.from_edges(
         edges, scores={str(ctx.graph.edges[i]): v for i, v in scores.items() if keep[i] > 0})
-    title = (f"ACDC tau={params.tau} {params.metric} ({mode}): {len(edges)} edges, "
+    title = (f"ACDC tau={params.tau} {fn.name} ({mode}): {len(edges)} edges, "
              f"{stats.tested} tested in {stats.forwards} batched forwards")
-    return CircuitResult(title, circuit)
+    return CircuitResult(title, circuit, metric=fn.name)
 
 
 TECHNIQUE = Technique(
     name="acdc", title="Automatic circuit discovery (ACDC)", Params=Params, run=run,
     cost="~0.5 FE per tested edge (restart at the receiver's layer, batched candidates)",
+    estimate=lambda ctx, p: 2 + 0.5 * ctx.graph.n_edges,
 )

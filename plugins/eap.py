@@ -19,6 +19,11 @@ precision weights). The chunk is also cut to what fits (`workbench.memory`: the 
 one chunk estimated from shapes, kept under the method budget), and a run that cannot fit even
 one prompt is refused before it starts.
 
+Metrics: the session's unless `metric=NAME`. A metric that is extremal at the clean run (kl,
+l2: `Metric.flat_at_clean`) has zero gradient there, so plain EAP would return float noise: it is
+refused with a pointer to `side=corrupted` (the gradients taken at the ablated input instead:
+the same cost, the linearisation around the other end of the path) or to `eap_ig`.
+
 Cost: EAP 1 forward + 1 backward beyond the engine's 2 cached forwards; EAP-IG `steps` of them.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -33,8 +39,9 @@ from torch import Tensor
 from workbench import memory
 from workbench.ablation import AblationEngine
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Capture, Layout, Mode, Patch
-from workbench.metrics import metric_per_prompt
+from workbench.forward import MODES, Capture, Mode, Patch
+from workbench.graph import Graph
+from workbench.metrics import Metric, get_metric
 from workbench.plugins import Context, EdgeScores, Technique
 
 
@@ -42,15 +49,21 @@ from workbench.plugins import Context, EdgeScores, Technique
 class Params:
     mode: Mode | None = None  # the ablation the scores estimate (default: the session's)
     batch_size: int = 32  # prompts per forward/backward chunk (32 ran fastest on a CPU)
+    metric: str | None = None  # default: the session's
+    side: Literal["clean", "corrupted"] = "clean"  # where the gradients are taken
 
 
-def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int = 0,
-                     batch_size: int = 32, ctx: Context | None = None) -> Tensor:
-    """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP."""
-    lay, enc, w = engine.forward.layout, engine.enc, engine.weights
+def edge_attribution(engine: AblationEngine, metric: str | Metric, mode: Mode, steps: int = 0,
+                     batch_size: int = 32, ctx: Context | None = None, at: float = 1.0
+                     ) -> Tensor:
+    """(n_edges,) estimated metric change when each edge is ablated. steps=0: plain EAP with
+    the gradients at input = ablated + at * (clean - ablated) (1: the clean run, 0: the
+    ablated input, `side=corrupted`); steps > 0: EAP-IG's midpoint path."""
+    lay, enc, w = engine.graph, engine.enc, engine.weights
+    fn = get_metric(metric)
     total = torch.zeros(lay.n_edges, device=engine.device,
                         dtype=torch.promote_types(w.dtype, torch.float32))
-    alphas = [1.0] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
+    alphas = [at] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
     batch_size = memory.fit_chunk(
         working_bytes(engine), 0, batch_size, w.nbytes, engine.device, "run eap",
         "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
@@ -75,7 +88,7 @@ def edge_attribution(engine: AblationEngine, metric: str, mode: Mode, steps: int
                 logits = engine.forward.run(sub.clean, sub.answer_pos, Patch(node=node), values,
                                             capture=capture)[0]
                 reference = engine.clean_logits[rows]
-                value = metric_per_prompt(metric, logits, sub, reference)  # type: ignore[arg-type]
+                value = fn.per_prompt(logits, sub, reference)
                 value.sum().backward()
             grads = capture.input_grads(w, sub.answer_pos, n_pos)
             total -= _scores(lay, deltas, grads).to(total.dtype) / enc.n / len(alphas)
@@ -88,7 +101,7 @@ def working_bytes(engine: AblationEngine) -> int:
     """Bytes per prompt of one EAP chunk: the deltas (every source, every position), what the
     forward keeps for its backward (per layer: residual-wide tensors, two d_mlp-wide ones,
     float32 attention scores) and the answer logits with their gradient."""
-    w, lay = engine.weights, engine.forward.layout
+    w, lay = engine.weights, engine.graph
     p, d, s = engine.n_pos, w.d_model, w.W_E.element_size()
     n_answer, vocab = engine.enc.answer.shape[1], w.W_E.shape[0]
     deltas = lay.n_sources * p * d * s
@@ -96,7 +109,7 @@ def working_bytes(engine: AblationEngine) -> int:
     return deltas + 3 * w.n_heads * p * d * s + graph + 12 * n_answer * vocab
 
 
-def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:
+def _scores(lay: Graph, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]]) -> Tensor:
     """delta_s . g_r for every edge, laid out in graph edge order: one GEMM per receiver
     group, each group's gradient used as soon as it is made."""
     n = deltas.shape[0]
@@ -116,15 +129,26 @@ def _scores(lay: Layout, deltas: Tensor, grads: Iterator[tuple[str, int, Tensor]
 
 def run(ctx: Context, params: Params) -> EdgeScores:
     mode = params.mode or ctx.mode
-    scores = edge_attribution(ctx.engine, metric_name(ctx), mode, 0, params.batch_size, ctx)
-    return EdgeScores("edge attribution patching", ctx.graph, scores,
-                      unit=f"est. change in {ctx.metric} ({mode})")
+    fn = gradient_metric(ctx, params.metric, "eap" if params.side == "clean" else "")
+    at = 1.0 if params.side == "clean" else 0.0
+    scores = edge_attribution(ctx.engine, fn, mode, 0, params.batch_size, ctx, at=at)
+    side = "" if params.side == "clean" else ", gradients at the ablated input"
+    return EdgeScores(f"edge attribution patching{side}", ctx.graph, scores,
+                      unit=f"est. change in {fn.name} ({mode})", metric=fn.name)
 
 
-def metric_name(ctx: Context) -> str:
-    if ctx.metric == "accuracy":
-        raise WorkbenchError("accuracy has no gradient: use metric logit_diff, prob or kl")
-    return ctx.metric
+def gradient_metric(ctx: Context, name: str | None, at_clean: str = "") -> Metric:
+    """The metric a gradient method uses, refused when it has no gradient (accuracy) or, for a
+    method `at_clean` that differentiates at the clean run, when the gradient vanishes there."""
+    fn = ctx.metric_fn(name)
+    if not fn.differentiable:
+        raise WorkbenchError(f"{fn.name} has no gradient: use metric=logit_diff, prob, kl or l2")
+    if at_clean and fn.flat_at_clean:
+        raise WorkbenchError(
+            f"{at_clean}: {fn.name} is minimal at the clean run, so its gradient there is zero "
+            f"and the scores would be noise; use run {at_clean} metric={fn.name} side=corrupted "
+            f"(gradients at the ablated input) or run eap_ig metric={fn.name}")
+    return fn
 
 
 TECHNIQUE = Technique(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plugins.eap import edge_attribution, metric_name
+from plugins.eap import edge_attribution, gradient_metric
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
 from workbench.plugins import Context, EdgeScores, Technique
@@ -24,20 +24,20 @@ class Params:
     mode: Mode | None = None
     steps: int = 5
     batch_size: int = 32
+    metric: str | None = None  # default: the session's
 
 
 def run(ctx: Context, params: Params) -> EdgeScores:
     if params.steps < 1:
         raise WorkbenchError("eap_ig needs steps >= 1")
     mode = params.mode or ctx.mode
-    scores = edge_attribution(ctx.engine, metric_name(ctx), mode, params.steps, params.batch_size,
-                              ctx)
+    fn = gradient_metric(ctx, params.metric)  # the midpoint path never reaches the clean run
+    scores = edge_attribution(ctx.engine, fn, mode, params.steps, params.batch_size, ctx)
     return EdgeScores(f"EAP-IG ({params.steps} steps)", ctx.graph, scores,
-                      unit=f"est. change in {ctx.metric} ({mode})")
-
+                      unit=f"est. change in {fn.name} ({mode})", metric=fn.name)
 
 
 TECHNIQUE = Technique(
     name="eap_ig", title="Edge attribution patching with integrated gradients", Params=Params,
-    run=run, cost="steps x (1 forward + 1 backward)",
+    run=run, cost="steps x (1 forward + 1 backward)", estimate=lambda ctx, p: 2 + 2 * p.steps,
 )

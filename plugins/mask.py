@@ -5,8 +5,10 @@ Edge pruning / subnetwork probing as in shared/seeds/004: every edge s -> r gets
 and the ablated (corrupted / mean / zero) output.
 1. Start with every edge nearly kept (theta = `init`).
 2. Each step, on a minibatch of prompts: one forward through the fused engine with the
-   interpolated edges and one backward. The loss is the faithfulness loss (KL to the clean
-   model, or the drop in logit difference) plus `sparsity` x the expected number of kept edges.
+   interpolated edges and one backward. The loss is the faithfulness loss (how much worse the
+   metric is than the clean model's, in its declared direction: KL or l2 to the clean model
+   as they are, a drop in logit difference) plus `sparsity` x the expected number of kept edges.
+   The metric is the session's unless `metric=NAME`; it needs a gradient (not accuracy).
    With `target_edges`, the sparsity weight is adjusted each step (dual ascent) to steer the
    expected edge count towards the target.
 3. The circuit is the edges with keep > 0.5, or the `target_edges` largest coefficients.
@@ -18,26 +20,26 @@ interpolated input inside one pass).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated
 
 import torch
 
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Mode, Patch
 from workbench.graph import Circuit
-from workbench.metrics import metric_per_prompt
 from workbench.plugins import CircuitResult, Composite, Context, Curve, EdgeScores, Technique
+from workbench.ranges import Range
 
 
 @dataclass(frozen=True)
 class Params:
-    steps: int = 200
+    steps: Annotated[int, Range(1, 1_000_000)] = 200
     lr: float = 0.1
     sparsity: float = 0.01  # weight of the expected-edge-count penalty (per 1,000 edges)
     target_edges: int | None = None
-    loss: Literal["kl", "logit_diff"] = "kl"
+    metric: str | None = None  # the faithfulness metric (default: the session's)
     mode: Mode | None = None
-    batch_size: int = 64
+    batch_size: Annotated[int, Range(1, 1 << 16)] = 64
     init: float = 3.0  # initial theta: sigmoid(3) = 0.95 kept
     temperature: float = 1.0
     seed: int = 0
@@ -47,7 +49,11 @@ def run(ctx: Context, params: Params) -> Composite:
     if params.steps < 1 or params.batch_size < 1:
         raise WorkbenchError("mask needs steps >= 1 and batch_size >= 1")
     engine, mode = ctx.engine, params.mode or ctx.mode
-    lay, enc = engine.forward.layout, engine.enc
+    fn = ctx.metric_fn(params.metric)
+    if not fn.differentiable:
+        raise WorkbenchError(f"mask trains by gradient and {fn.name} has none: use "
+                             "metric=kl, l2, logit_diff or prob")
+    lay, enc = engine.graph, engine.enc
     torch.manual_seed(params.seed)
     theta = torch.full((lay.n_edges,), params.init, **engine.kw, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=params.lr)
@@ -68,11 +74,9 @@ def run(ctx: Context, params: Params) -> Composite:
             logits = engine.forward.run(sub.clean, sub.answer_pos, Patch(edge=keep,
                                         edge_mode=mode), values)[0]
             reference = engine.clean_logits[index]
-            if params.loss == "kl":
-                faith = metric_per_prompt("kl", logits, sub, reference).mean()
-            else:
-                full = metric_per_prompt("logit_diff", reference, sub).mean()
-                faith = full - metric_per_prompt("logit_diff", logits, sub).mean()
+            now = fn.per_prompt(logits, sub, reference).mean()
+            full = fn.per_prompt(reference, sub, reference).mean()
+            faith = full - now if fn.direction == "higher" else now - full
             expected = keep.sum()
             loss = faith + weight * expected
             opt.zero_grad()
@@ -91,18 +95,20 @@ def run(ctx: Context, params: Params) -> Composite:
     edges = [ctx.graph.edges[i] for i in chosen]
     circuit = Circuit.from_edges(edges, scores={str(ctx.graph.edges[i]): float(keep[i])
                                                 for i in chosen})
-    title = f"learned edge mask ({params.loss}, {mode}): {len(edges)} edges"
+    title = f"learned edge mask ({fn.name}, {mode}): {len(edges)} edges"
     steps = tuple(float(i) for i in range(params.steps))
     return Composite(title, (
-        ("circuit", CircuitResult(title, circuit)),
+        ("circuit", CircuitResult(title, circuit, metric=fn.name)),
         ("keep", EdgeScores("learned keep coefficients", ctx.graph, keep, unit="keep")),
         ("training", Curve("mask training", "step", steps,
                            {"faithfulness loss": tuple(losses),
-                            "expected edges": tuple(counts)})),
-    ))
+                            "expected edges": tuple(counts)}, metric=fn.name)),
+    ), metric=fn.name)
 
 
 TECHNIQUE = Technique(
     name="mask", title="Learned edge masks (edge pruning)", Params=Params, run=run,
     cost="steps x (1 forward + 1 backward) on batch_size prompts",
+    estimate=lambda ctx, p: 2 + 2 * p.steps * min(p.batch_size, len(ctx.prompts))
+    / max(1, len(ctx.prompts)),
 )

@@ -17,7 +17,7 @@
      pattern exactly. Not offered by position: a destination row of the pattern depends on the
      keys at every source position, which feed the other rows too, so no input swap isolates it.
 3. Run the sites deepest layer first, so each engine call restarts at the site's own layer.
-4. Score each run with the session metric M and normalise:
+4. Score each run with the metric M (the session's unless `metric=NAME`) and normalise:
    `(M_patched - M_base) / (M_other - M_base)`. 0 = no effect; 1 = the site alone carries the
    whole clean/corrupted difference (the patched run scores like the run the value came from).
 
@@ -48,7 +48,7 @@ from workbench.ablation import Ablation, AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import State
 from workbench.graph import INPUT, Node, Port, head, mlp
-from workbench.metrics import metric
+from workbench.metrics import Metric
 from workbench.plugins import Context, NodeScores, Table, Technique
 from workbench.positions import position_labels
 
@@ -67,6 +67,7 @@ class Params:
     site: Site = "resid"
     direction: Direction = "corrupt_to_clean"
     by_position: bool | None = None  # None: true for resid/attn_out/mlp_out, false for heads
+    metric: str | None = None  # default: the session's
 
 
 # -- the two runs and the metric -----------------------------------------------------------
@@ -79,6 +80,7 @@ class Baseline:
     engine: AblationEngine
     base: float  # M of the run patched into
     other: float  # M of the run the patched values come from
+    metric: Metric  # M
 
     def normalise(self, patched: Tensor) -> Tensor:
         gap = self.other - self.base
@@ -89,7 +91,7 @@ class Baseline:
         return (patched - self.base) / gap
 
 
-def baseline(ctx: Context, direction: Direction) -> Baseline:
+def baseline(ctx: Context, direction: Direction, fn: Metric | None = None) -> Baseline:
     """`corrupt_to_clean`: the session's engine. `clean_to_corrupt`: an engine on the swapped
     prompt set (2 FE), whose clean run is the corrupted prompts and `resample` the clean run."""
     engine = ctx.engine
@@ -99,13 +101,15 @@ def baseline(ctx: Context, direction: Direction) -> Baseline:
         engine = AblationEngine(ctx.model, swapped, ctx.graph)
     elif direction != "corrupt_to_clean":
         raise WorkbenchError(f"direction={direction!r}: use corrupt_to_clean or clean_to_corrupt")
-    return Baseline(engine, score(ctx, engine.clean_logits), score(ctx, engine.corrupted_logits))
+    fn = fn or ctx.metric_fn()
+    return Baseline(engine, score(ctx, engine.clean_logits, fn),
+                    score(ctx, engine.corrupted_logits, fn), fn)
 
 
-def score(ctx: Context, logits: Tensor) -> float:
-    """The session metric of answer logits, always against the clean prompts' answers (the
-    swapped engine keeps them) and, for `kl`, the clean run's logits."""
-    return metric(ctx.metric, logits, ctx.engine.enc, ctx.engine.clean_logits)
+def score(ctx: Context, logits: Tensor, fn: Metric | None = None) -> float:
+    """The metric (default: the session's) of answer logits, always against the clean prompts'
+    answers (the swapped engine keeps them) and the clean run's logits (kl, l2)."""
+    return (fn or ctx.metric_fn()).mean(logits, ctx.engine.enc, ctx.engine.clean_logits)
 
 
 # -- which runs ------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def sweep(ctx: Context, params: Params) -> Sweep:
         raise WorkbenchError("site=head_pattern is patched at all positions only (one row of a "
                              "pattern cannot be swapped through q/k inputs); use by_position="
                              "false, or head_q by position")
-    base = baseline(ctx, params.direction)
+    base = baseline(ctx, params.direction, ctx.metric_fn(params.metric))
     engine = base.engine
     w = engine.weights
     n_pos = engine.n_pos
@@ -208,7 +212,7 @@ def sweep(ctx: Context, params: Params) -> Sweep:
                 logits = _resid_logits(engine, r.layer, r.resid_pos)
             else:
                 logits = engine.logits([Ablation(t, "resample") for t in r.targets])
-            patched[r.row, r.col] = score(ctx, logits)
+            patched[r.row, r.col] = score(ctx, logits, base.metric)
     ctx.progress(1.0, f"patch {site}: done")
     return Sweep(site, rows, cols, patched, base)
 
@@ -226,8 +230,10 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
         return NodeScores(title=title, scores=dict(zip(result.rows, effect[:, 0].tolist(),
                                                        strict=True)),
                           unit=unit, extra={"metric_base": result.baseline.base,
-                                            "metric_other": result.baseline.other})
-    return Table(title=title, rows=result.rows, cols=result.cols, values=effect, unit=unit)
+                                            "metric_other": result.baseline.other},
+                          metric=result.baseline.metric.name)
+    return Table(title=title, rows=result.rows, cols=result.cols, values=effect, unit=unit,
+                 metric=result.baseline.metric.name)
 
 
 TECHNIQUE = Technique(

@@ -53,6 +53,7 @@ class Params:
     receivers: str = "logits"  # aL.H<q|k|v> (no port: all three), mL, logits; comma-separated
     each_sender: bool = True  # one run per sender, else one per receiver
     direction: Direction = "corrupt_to_clean"
+    metric: str | None = None  # default: the session's
 
 
 def senders_of(text: str, graph: Graph) -> list[Node]:
@@ -106,7 +107,7 @@ class PathRunner:
     def __init__(self, engine: AblationEngine) -> None:
         self.engine = engine
         self.kw = {"device": engine.device, "dtype": engine.weights.W_E.dtype}
-        ones = torch.ones(engine.forward.layout.n_edges, **self.kw)  # type: ignore[arg-type]
+        ones = torch.ones(engine.graph.n_edges, **self.kw)  # type: ignore[arg-type]
         with torch.no_grad():
             _, self.state, _ = engine.forward.run(
                 engine.enc.clean, engine.enc.answer_pos, Patch(edge=ones, edge_mode="resample"),
@@ -151,13 +152,13 @@ def sweep(ctx: Context, params: Params) -> PathSweep:
     if not jobs:
         raise WorkbenchError(f"no sender in {params.senders!r} feeds a receiver in "
                              f"{params.receivers!r}: senders must be upstream of receivers")
-    base = baseline(ctx, params.direction)
+    base = baseline(ctx, params.direction, ctx.metric_fn(params.metric))
     runner = PathRunner(base.engine)
     scores: dict[str, float] = {}
     for i, (name, s, r) in enumerate(jobs):
         ctx.check()
         ctx.progress(i / len(jobs), f"path patch: {name}")
-        scores[name] = score(ctx, runner.logits(s, r))
+        scores[name] = score(ctx, runner.logits(s, r), base.metric)
     ctx.progress(1.0, "path patch: done")
     joint = scores.pop("*", None)
     return PathSweep(scores, joint, base)
@@ -174,7 +175,7 @@ def run(ctx: Context, params: Params) -> NodeScores:
     title = (f"path patching {params.senders} -> {params.receivers} per {per}, "
              f"{params.direction.replace('_', ' ')}")
     return NodeScores(title=title, scores=dict(zip(names, effect.tolist(), strict=True)),
-                      unit="normalised effect", extra=extra)
+                      unit="normalised effect", extra=extra, metric=result.baseline.metric.name)
 
 
 TECHNIQUE = Technique(

@@ -38,6 +38,7 @@ class Params:
     mlps: bool = True  # prune MLPs too (else they always stay)
     mode: Mode | None = None
     seed: int = 0
+    metric: str | None = None  # performance % of this metric (default: the session's)
 
 
 def run(ctx: Context, params: Params) -> Composite:
@@ -47,7 +48,7 @@ def run(ctx: Context, params: Params) -> Composite:
     except ValueError:
         raise WorkbenchError("thresholds must be numbers like 70,80,90") from None
     mode = params.mode or ctx.mode
-    engine = ctx.engine
+    engine, fn = ctx.engine, ctx.metric_fn(params.metric)
     comps = [n for n in ctx.graph.sources if n.kind == "attn" or (params.mlps and n.kind == "mlp")]
     base = list(ctx.ablations)
     steps = len(comps) * (2 + (params.orders + 1) * len(thresholds))
@@ -56,7 +57,7 @@ def run(ctx: Context, params: Params) -> Composite:
     def perf(ablated: list[Node]) -> float:
         counter.tick()
         logits = engine.logits(base + [Ablation(n, mode) for n in ablated])
-        return engine.perf(logits, ctx.metric, mode).percent  # type: ignore[arg-type]
+        return engine.perf(logits, fn, mode).percent
 
     alone = {n: perf([n]) for n in comps}
     greedy = sorted(comps, key=lambda n: (-alone[n], n.sort_key()))
@@ -74,9 +75,10 @@ def run(ctx: Context, params: Params) -> Composite:
     survival = {str(n): sum(n in k for k in kept[params.target]) / len(orders) for n in comps}
     table = torch.tensor([[float(n in kept[t][0]) for n in comps] for t in thresholds])
     circuit = Circuit.from_nodes(main, ctx.graph)
-    title = f"mean-ablation pruning to {params.target:g}% ({mode}): {len(main)} of {len(comps)}"
+    title = (f"mean-ablation pruning to {params.target:g}% of {fn.name} ({mode}): {len(main)} "
+             f"of {len(comps)}")
     return Composite(title, (
-        ("circuit", CircuitResult(title, circuit)),
+        ("circuit", CircuitResult(title, circuit, metric=fn.name)),
         ("survival", NodeScores(f"survival across {len(orders)} orders at {params.target:g}%",
                                 survival, unit="fraction of orders")),
         ("alone", NodeScores("performance % with each component alone ablated",
@@ -86,7 +88,7 @@ def run(ctx: Context, params: Params) -> Composite:
                                 tuple(str(n) for n in comps), table)),
         ("curve", Curve("performance vs components left (greedy order)", "components left",
                         tuple(curve_x), {"performance %": tuple(curve_y)}, "%")),
-    ))
+    ), metric=fn.name)
 
 
 def _prune(order: list[Node], threshold: float, perf: object) -> list[Node]:

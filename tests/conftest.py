@@ -12,6 +12,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Test models are tiny: one thread is as fast and never stalls on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Crash reports, default session paths and key maps of the tests stay out of the user's folders.
+os.environ["WORKBENCH_HOME"] = __import__("tempfile").mkdtemp(prefix="workbench-test-home-")
 
 from pathlib import Path  # noqa: E402
 

@@ -54,6 +54,7 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]]] = 
         ("eap_ig",),
         (("steps", "8"), ("anything", "goes")),
     ),
+    ("select r3", "select", ("r3",), ()),
     ("select r1 top=10", "select", ("r1",), (("top", "10"),)),
     ("select r12 threshold=0.05", "select", ("r12",), (("threshold", "0.05"),)),
     ("select a0.1 m1", "select", ("a0.1", "m1"), ()),
@@ -173,7 +174,6 @@ def test_unknown_verb_without_close_match_points_to_help() -> None:
         ("metric", "metric"),
         ("restore", "restore"),
         ("restore all a9.1", "restore"),
-        ("select r1", "select"),
         ("select r1 top=3 threshold=0.1", "select"),
         ("select r1 r2 top=3", "select"),
         ("help ablate restore", "help"),
@@ -186,8 +186,9 @@ def test_wrong_arguments_show_usage(line: str, verb: str) -> None:
 def test_usage_strings_match_design() -> None:
     assert VERBS["ablate"].usage == "ablate NODE... [mode=zero|mean|resample] [pos=P]"
     assert VERBS["restore"].usage == "restore NODE... | restore all"
-    assert VERBS["export"].usage == "export c<n> PATH.dot|.svg|.png|.json"
-    assert VERBS["select"].usage == ("select r<n> top=K | select r<n> threshold=T | select NODE...")
+    assert VERBS["export"].usage == (
+        "export c<n> PATH.dot|.svg|.png|.json|.pdf | export r<n> PATH.png|.svg|.pdf")
+    assert VERBS["select"].usage == "select r<n> [top=K | threshold=T] | select NODE..."
 
 
 def test_unknown_option_suggests_the_option() -> None:
@@ -195,7 +196,8 @@ def test_unknown_option_suggests_the_option() -> None:
     assert _error("ablate a9.1 colour=red") == (
         "ablate has no option 'colour': its options are mode, pos"
     )
-    assert _error("perf fast=1") == "perf has no option 'fast': it takes no options"
+    assert _error("perf fast=1") == "perf has no option 'fast': its options are metric"
+    assert _error("compare c1 c2 fast=1") == "compare has no option 'fast': it takes no options"
 
 
 def test_open_option_verbs_accept_any_key() -> None:
@@ -222,12 +224,12 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         (
             "metric logitdiff",
             "unknown metric 'logitdiff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "metric logit-diff",
             "unknown metric 'logit-diff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl",
+            "choose logit_diff|prob|accuracy|kl|l2",
         ),
         (
             "ablate a9.1 mode=maen",
@@ -243,7 +245,7 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         ("task addition n=0", "task: n=0 must be an integer >= 1"),
         ("select r1 top=0", "select: top=0 must be an integer >= 1"),
         ("select r1 top=ten", "select: top=ten must be an integer >= 1"),
-        ("select r1 threshold=big", "select: threshold=big must be a number"),
+        ("select r1 threshold=big", "select: threshold=big must be a finite number, like 0.01"),
         ("prompts pairs.csv", "prompts: 'pairs.csv' is not a .jsonl file"),
     ],
 )
@@ -251,10 +253,13 @@ def test_bad_values(line: str, message: str) -> None:
     assert _error(line) == message
 
 
-@pytest.mark.parametrize("path", ["out.pdf", "out", "out.dot.bak"])
+@pytest.mark.parametrize("path", ["out.gif", "out", "out.dot.bak"])
 def test_export_needs_a_known_suffix(path: str) -> None:
     assert _error(f"export c1 {path}") == (
-        f"export: '{path}' needs a suffix .dot|.svg|.png|.json to choose the format"
+        f"export: '{path}' needs a suffix .dot|.svg|.png|.json|.pdf to choose the format"
+    )
+    assert _error(f"export r1 {path}") == (
+        f"export: '{path}' needs a suffix .png|.svg|.pdf to choose the format"
     )
 
 
@@ -264,7 +269,8 @@ def test_export_needs_a_known_suffix(path: str) -> None:
         ("check r1", "check: expected a circuit id like c1, got 'r1'"),
         ("check c0", "check: expected a circuit id like c1, got 'c0'"),
         ("compare c1 x2", "compare: expected a circuit id like c1, got 'x2'"),
-        ("export 1 out.dot", "export: expected a circuit id like c1, got '1'"),
+        ("export 1 out.dot",
+         "export: expected a circuit id like c1 or a result id like r1, got '1'"),
         ("select c1 top=3", "select: expected a result id like r1, got 'c1'"),
         ("select rx threshold=0.1", "select: expected a result id like r1, got 'rx'"),
     ],

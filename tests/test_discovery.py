@@ -77,7 +77,7 @@ def linear(tmp_path_factory: pytest.TempPathFactory) -> AblationEngine:
 
 
 def _single_edge_effect(engine: AblationEngine, index: int, mode: str, name: str) -> float:
-    keep = torch.ones(engine.forward.layout.n_edges, **engine.kw)
+    keep = torch.ones(engine.graph.n_edges, **engine.kw)
     keep[index] = 0.0
     ref = engine.clean_logits
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_eap_scores_dead_edges_zero_and_live_edges_not(micro: AblationEngine) ->
 
 
 def test_eap_equals_gradient_of_the_edge_mask(micro: AblationEngine) -> None:
-    keep = torch.ones(micro.forward.layout.n_edges, requires_grad=True)
+    keep = torch.ones(micro.graph.n_edges, requires_grad=True)
     with torch.enable_grad():
         from workbench.metrics import metric_per_prompt
 
@@ -165,7 +165,7 @@ def test_session_runs_discovery_and_checks_circuits(add3: LoadedModel, tmp_path:
     assert check.ok and check.out["percent"] >= 80.0  # prune meets its target when checked
     eap = s.execute("run eap")
     assert eap.ok and eap.out["n"] == s.engine().graph.n_edges
-    mask = s.execute("run mask steps=40 target_edges=25 batch_size=32")
+    mask = s.execute("run mask steps=40 target_edges=25 batch_size=32 metric=kl")
     assert mask.ok
     assert s.execute("select r2 top=25").ok and s.execute("select r3 top=1").ok
     # mask and eap agree on the top edges of add3

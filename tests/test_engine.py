@@ -157,7 +157,7 @@ def test_edges_into_head_equal_its_qkv_inputs(add3_engine: AblationEngine, mode:
 @pytest.mark.parametrize("mode", MODES)
 def test_edges_into_mlp_and_logits_equal_their_inputs(add3_engine: AblationEngine,
                                                       mode: Mode) -> None:
-    engine, graph, lay = add3_engine, add3_engine.graph, add3_engine.forward.layout
+    engine, graph, lay = add3_engine, add3_engine.graph, add3_engine.graph
     by_edges = engine.logits([Ablation(e, mode) for e in edges_into(graph, mlp(1))])
     receiver = torch.zeros(len(MODES), lay.n_receivers, engine.n_pos)
     receiver[MODES.index(mode), lay.mlp_receiver(1)] = 1.0  # m1's input, every position
@@ -172,7 +172,7 @@ def test_edges_into_mlp_and_logits_equal_their_inputs(add3_engine: AblationEngin
 
 def test_layout_indexes_edges_like_the_graph(add3_engine: AblationEngine) -> None:
     """The engine turns `graph.edge_index` into positions of the layout's keep vector."""
-    graph, lay = add3_engine.graph, add3_engine.forward.layout
+    graph, lay = add3_engine.graph, add3_engine.graph
     assert (lay.n_edges, lay.n_sources, lay.n_receivers) == (
         graph.n_edges, len(graph.sources), len(graph.receivers))
     for i, edge in enumerate(graph.edges):
@@ -410,7 +410,7 @@ def logit_diff(engine: AblationEngine, keep: Tensor, mode: Mode) -> Tensor:
 
 
 def test_edge_mask_gradient_flows(add3_engine: AblationEngine) -> None:
-    n = add3_engine.forward.layout.n_edges
+    n = add3_engine.graph.n_edges
     keep = torch.ones(n, requires_grad=True)
     logit_diff(add3_engine, keep, "mean").backward()
     assert keep.grad is not None and torch.isfinite(keep.grad).all()
@@ -431,7 +431,7 @@ def test_edge_gradient_is_attribution_patching(add3: LoadedModel, mode: Mode) ->
     """d metric / d keep[e] at keep = 1 equals (M(keep) - M(keep with keep[e] = 1 - eps)) / eps:
     the EAP score of edge e is the gradient of the edge mask."""
     engine = double_engine(add3, prompts(add3, 32))
-    n = engine.forward.layout.n_edges
+    n = engine.graph.n_edges
     keep = torch.ones(n, dtype=torch.float64, requires_grad=True)
     full = logit_diff(engine, keep, mode)
     full.backward()
@@ -465,7 +465,7 @@ def test_engine_leaves_the_bridge_unchanged(tiny_model: LoadedModel,
     before = {k: v.clone() for k, v in bridge.state_dict().items()}
     engine = AblationEngine(tiny_model, tiny_enc)
     engine.logits([Ablation(head(0, 1)), Ablation(parse_edge("a0.0->a1.1<v>"), "resample")])
-    keep = torch.ones(engine.forward.layout.n_edges, requires_grad=True)
+    keep = torch.ones(engine.graph.n_edges, requires_grad=True)
     logit_diff(engine, keep, "mean").backward()
     engine.circuit_logits(Circuit.from_nodes([head(1, 0)], engine.graph), "zero")
     engine.perf(engine.logits([Ablation(mlp(0))]), "logit_diff", "mean")

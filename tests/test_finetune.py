@@ -397,3 +397,28 @@ def test_wandb_receives_config_and_metrics(files: dict[str, Path], tmp_path: Pat
     assert {"train/loss", "train/lr", "train/tokens_per_s", "val/loss",
             "task/multiplication_accuracy", "finished"} <= keys
     assert ckpt.read_state(tmp_path / "w" / "checkpoint").wandb_id == "run123"
+
+
+# --- the held-out split is sized from the rows read (issue 14) -------------------------------
+
+
+def test_held_out_split_is_sized_from_the_rows_read(files: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """300 rows read with the default --rows 100,000: 1% (3 rows) is held out, not 1,000."""
+    out = tmp_path / "o"
+    result = finetune(config(files, out, rows=100_000, eval_rows=None, max_steps=2),
+                      encoding=ENC)
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert (meta["train_rows"], meta["val_rows"]) == (297, 3)
+    assert result.step == 2
+
+
+def test_too_little_data_gives_the_right_advice(files: dict[str, Path], tmp_path: Path) -> None:
+    small = corpus(tmp_path / "small.jsonl", n=5)
+    with pytest.raises(WorkbenchError, match=r"the data has only 5 rows \(--rows 100,000\): "
+                       r"give more text, or lower --block-size or --micro-batch"):
+        finetune(config(files, tmp_path / "o", data=str(small), rows=100_000, eval_rows=None),
+                 encoding=ENC)
+    with pytest.raises(WorkbenchError, match=r"--eval-rows 5 holds out every row"):
+        finetune(config(files, tmp_path / "p", data=str(small), rows=10, eval_rows=5),
+                 encoding=ENC)

@@ -16,6 +16,7 @@ from workbench.graph import (
     LOGITS,
     PORTS,
     Circuit,
+    Edge,
     Graph,
     Node,
     compare,
@@ -316,3 +317,39 @@ def test_compare_and_jaccard() -> None:
     same = compare(a, a)
     assert same.jaccard_nodes == same.jaccard_edges == 1.0 and not same.only_a_edges
     assert compare(Circuit(), Circuit()).jaccard_edges == 1.0
+
+
+def test_edges_are_arithmetic_views_that_round_trip() -> None:
+    g = Graph.from_sizes(3, 4)
+    listed = list(g.edges)  # iteration builds them receiver by receiver
+    assert len(listed) == len(g.edges) == g.n_edges
+    assert all(g.edge(i) == e and g.index(e) == i for i, e in enumerate(listed))
+    assert g.edges[-1] == listed[-1] and g.edges[2:5] == tuple(listed[2:5])
+    assert list(g.edge_index) == listed and g.edge_index[listed[7]] == 7
+    for source in g.sources:
+        assert [listed[i] for i in g.outgoing(source)] == [e for e in listed if e.src == source]
+    for r, receiver in enumerate(g.receivers):
+        assert [listed[i].dst for i in g.incoming(receiver)] == [receiver] * g.upstream_counts[r]
+    outside = [Edge(mlp(2), head(1, 0, "q")), Edge(INPUT, head(0, 0, "q", pos=1)),
+               Edge(INPUT, head(0, 0))]  # upstream of its receiver; a position; no port
+    for edge in outside:
+        assert g.index(edge) is None and edge not in g.edge_index and edge not in g.edges
+    with pytest.raises(KeyError):
+        g.edge_index[outside[0]]
+    with pytest.raises(IndexError):
+        g.edge(g.n_edges)
+
+
+def test_gpt2_xl_graph_stores_nothing_per_edge() -> None:
+    """48 layers x 25 heads: 2,235,025 edges, none of them built or stored."""
+    g = Graph.from_sizes(48, 25)
+    assert g.n_edges == 2_235_025 and g.n_sources == 1 + 48 * 26
+    stored = [v for v in vars(g).values() if isinstance(v, tuple | dict | list)]
+    assert max(len(v) for v in stored) <= g.n_receivers + 1
+    for i in (0, 1, 999_999, 1_234_567, g.n_edges - 1):
+        assert g.index(g.edge(i)) == i
+    assert str(g.edge(-1)) == "m47->logits" and str(g.edge(0)) == "input->a0.0<q>"
+    # a47.24<v> is the last receiver before m47 and reads 1 + 47 * 26 sources; a46.24 is the
+    # the second-to-last of them (m46 is last)
+    assert g.index(parse_edge("a46.24->a47.24<v>")) == g.mlp_offset[47] - 2
+    assert g.mlp_offset[47] == g.logits_offset - (1 + 47 * 26 + 25)

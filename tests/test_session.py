@@ -29,7 +29,7 @@ from workbench.model import LoadedModel
 from workbench.plugins import Context, Table, Technique
 from workbench.replay import replay
 from workbench.session import Outcome, Session
-from workbench.sessionlog import SessionLog, digest, load_tensors
+from workbench.sessionlog import SessionLog, digest_out, load_tensors
 from workbench.tasks import make_task
 from workbench.tasks.encode import EncodedPrompts
 
@@ -95,9 +95,10 @@ def test_load_through_the_real_loader(tmp_path: Path) -> None:
     # The model's default task gives a prompt set at once, so perf works right after load.
     assert s.state.prompts is not None and s.state.prompts.recipe["task"] == "addition"
     assert ok(s, "perf")["percent"] == 100.0
-    # The header is rewritten to name the model; the earlier entries are kept.
+    # The log is append-only: the header (written before the load) is never rewritten; the
+    # load entry names the model, and replay runs it.
     header, entries = SessionLog.read(path)
-    assert header.model_source == "add3" and header.model_sha256 == out["identity"]
+    assert header.model_source is None and entries[1].out["identity"] == out["identity"]
     assert [e.cmd for e in entries] == ["help", "load add3 device=cpu", "perf"]
 
 
@@ -303,7 +304,7 @@ def test_select_by_threshold(session: Session) -> None:
 def test_edge_scores_give_edge_level_circuits(session: Session) -> None:
     assert ok(session, "run eap")["kind"] == "edge_scores"
     out = ok(session, "select r1 top=20")
-    assert out["level"] == "edge" and out["edges"] == 20
+    assert out["level"] == "edge" and out["edges"] + out.get("dropped", 0) == 20
     edge = ok(session, "check c1")
     assert edge["level"] == "edge"  # the circuit's own level is the default
     node = ok(session, "check c1 level=node")
@@ -431,7 +432,7 @@ def test_help(session: Session) -> None:
         ("run dla layer=abc", "expects int"),
         ("run dla layer=7", "layer=7"),
         ("select r7 top=3", "no result r7 (results: r1)"),
-        ("select r1", "usage: select"),
+        ("select r1", "select: this result holds node scores, not a circuit; give top=K"),
         ("select a0.1->a1.0<q>", "not edges"),
         ("check c9", "no circuit c9 (circuits: c1)"),
         ("compare c1 c9", "no circuit c9"),
@@ -513,7 +514,7 @@ def test_log_is_written_after_every_command(add3: LoadedModel, tmp_path: Path) -
     path = tmp_path / "live.jsonl"
     s = Session(path, model=add3, seed=3)
     head = json.loads(path.read_text().splitlines()[0])
-    assert head["type"] == "header" and head["format"] == 1 and head["workbench"]
+    assert head["type"] == "header" and head["format"] == 2 and head["workbench"]
     assert head["model"] == {"source": "add3", "sha256": add3.identity.sha256}
     assert head["device"] == "cpu" and head["seed"] == 3 and head["created"]
     lines = [TASK, "  # a comment is not a command", "", "ablate a0.1  # why", "ablat a0.2",
@@ -527,15 +528,16 @@ def test_log_is_written_after_every_command(add3: LoadedModel, tmp_path: Path) -
         if outcome.n == 0:
             continue
         row = rows[-1]
-        assert set(row) == {"type", "n", "cmd", "ok", "out", "error", "digest", "seconds"}
+        assert set(row) == {"type", "n", "cmd", "ok", "out", "error", "digest", "seconds",
+                            "check"}
         assert row["type"] == "command" and row["n"] == outcome.n == logged
         assert row["cmd"] == outcome.cmd and row["ok"] is outcome.ok
         assert isinstance(row["seconds"], float) and row["seconds"] >= 0.0
         if outcome.ok:
-            # The log keeps floats to 6 decimals; the digest is of the unrounded summary.
+            # The log keeps floats to 6 decimals; the digest is of the summary as stored.
             rounded = json.loads(json.dumps(outcome.out), parse_float=lambda x: round(float(x), 6))
             assert row["out"] == rounded and row["error"] is None
-            assert DIGEST.fullmatch(row["digest"]) and row["digest"] == digest(outcome.out)
+            assert DIGEST.fullmatch(row["digest"]) and row["digest"] == digest_out(row["out"])
         else:
             assert row["out"] == {} and row["error"] == outcome.error and row["digest"] is None
     assert [json.loads(x)["cmd"] for x in path.read_text().splitlines()[1:]] == [

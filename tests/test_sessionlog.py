@@ -61,9 +61,10 @@ def test_file_format(tmp_path: Path) -> None:
     lines = path.read_text("utf-8").splitlines()
     assert len(lines) == 1 + len(ENTRIES)
     head = json.loads(lines[0])
+    assert head.pop("check") == digest(head)  # the line's own integrity digest
     assert head == {
         "type": "header",
-        "format": 1,
+        "format": 2,
         "workbench": "0.1.0",
         "model": {"source": "add3", "sha256": "ab" * 32},
         "device": "cpu",
@@ -78,7 +79,7 @@ def test_file_format(tmp_path: Path) -> None:
 
 def test_header_defaults_record_creation_time() -> None:
     header = Header(workbench="0.1.0")
-    assert header.format == 1
+    assert header.format == 2
     assert datetime.fromisoformat(header.created).tzinfo is not None
 
 
@@ -107,7 +108,7 @@ def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
-def test_failed_write_keeps_old_content_and_no_temp(
+def test_failed_start_keeps_old_content_and_no_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "s.jsonl"
@@ -115,15 +116,51 @@ def test_failed_write_keeps_old_content_and_no_temp(
     before = path.read_bytes()
 
     def crash(src: str, dst: str) -> None:
-        raise OSError("disk full")
+        raise OSError(28, "disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        log.append(Entry(4, "perf", True, {}, None, None, 0.0))
+    with pytest.raises(WorkbenchError, match="cannot write .*disk full"):
+        log.start(HEADER)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
-    assert log.entries() == ENTRIES  # the failed entry is not kept in memory either
+    assert log.entries() == ENTRIES
+
+
+def test_append_only_in_fact(tmp_path: Path) -> None:
+    """Appending never rewrites a written line: the old bytes are a prefix of the new file."""
+    path = tmp_path / "s.jsonl"
+    _write_log(path)
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    SessionLog(path).append(Entry(4, "perf", True, {}, None, digest({}), 0.0))
+    assert path.read_bytes().startswith(before) and path.stat().st_ino == inode
+    assert SessionLog.verify(path) == []
+
+
+def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    _write_log(path)
+    whole = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(b'{"type": "command", "n": 4, "cmd": "pe')  # a crash mid-append
+    assert SessionLog.read(path) == (HEADER, ENTRIES)  # readers ignore the torn line
+    extra = Entry(4, "undo", True, {}, None, digest({}), 0.0)
+    SessionLog(path).append(extra)
+    assert path.read_bytes().startswith(whole)
+    assert SessionLog.read(path)[1] == [*ENTRIES, extra] and SessionLog.verify(path) == []
+
+
+def test_verify_reports_an_edited_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    _write_log(path)
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[2])
+    row["out"]["percent"] = 99.0  # edited, digest and check left alone
+    lines[2] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    assert SessionLog.verify(path) == [f"{path}, line 3: it was edited after it was written "
+                                       "(its check digest differs)"]
 
 
 def test_nan_in_out_is_refused(tmp_path: Path) -> None:
@@ -169,8 +206,8 @@ def test_first_line_must_be_header(tmp_path: Path) -> None:
 
 def test_newer_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    path.write_text(json.dumps({**HEADER.to_json(), "format": 2}) + "\n")
-    with pytest.raises(WorkbenchError, match="session format 2 is newer"):
+    path.write_text(json.dumps({**HEADER.to_json(), "format": 3}) + "\n")
+    with pytest.raises(WorkbenchError, match="session format 3 is newer"):
         SessionLog.read(path)
 
 

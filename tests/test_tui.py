@@ -364,7 +364,7 @@ async def test_panes_use_only_the_16_ansi_colours(session: Session) -> None:
             app.submit(line)
         await settle(app, pilot)
         table = Table("t", ("a",), ("0", "1"), torch.tensor([[1.0, -1.0]]))
-        texts = [app.query_one(HeadGrid).render(), app.query_one(PerformancePane).details(),
+        texts = [app.query_one(HeadGrid).render_text(), app.query_one(PerformancePane).details(),
                  app.query_one(GraphView).render(),
                  render_result(session.state.result("r1")), render_result(table)]
     colours = set().union(*(_colours(t) for t in texts))
@@ -381,7 +381,9 @@ def test_open_session_loads_then_resumes_by_replaying(tmp_path: Path, add3: Load
     assert [o.cmd for o in outcomes] == ["load add3 device=cpu"]
     for line in (TASK, "ablate a0.3", "run dla", "this is a typo"):
         first.execute(line)
+    before = path.read_bytes()
     again, replayed = open_session(None, path, device="cpu")
+    assert path.read_bytes() == before  # reopening re-runs the commands but writes nothing
     assert [o.cmd for o in replayed][-3:] == ["ablate a0.3", "run dla", "this is a typo"]
     assert [str(a) for a in again.state.ablations] == [str(a) for a in first.state.ablations]
     assert [e["cmd"] for e in log_commands(path)] == [o.cmd for o in first.outcomes]

@@ -27,7 +27,7 @@ from workbench import memory
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, wide
 from workbench.graph import Circuit, Edge, Graph, Node
-from workbench.metrics import MetricName, Report, answer_logits, metric, performance
+from workbench.metrics import Metric, Report, answer_logits, get_metric, performance
 from workbench.model import LoadedModel
 from workbench.tasks.encode import EncodedPrompts
 from workbench.weights import Weights
@@ -128,7 +128,7 @@ class AblationEngine:
 
     def patch(self, ablations: Iterable[Ablation]) -> Patch:
         """Named ablations -> dense masks (modes, ...)."""
-        lay, n_modes = self.forward.layout, len(MODES)
+        lay, n_modes = self.graph, len(MODES)
         node = torch.zeros(n_modes, lay.n_sources, self.n_pos, **self.kw)
         receiver = torch.zeros(n_modes, lay.n_receivers, self.n_pos, **self.kw)
         neuron, edge, edge_modes = None, None, set()
@@ -174,7 +174,7 @@ class AblationEngine:
                      edge_mode=edge_modes.pop() if edge_modes else "mean")
 
     def _source(self, n: Node) -> int:
-        lay = self.forward.layout
+        lay = self.graph
         if n.kind == "input":
             return 0
         assert n.layer is not None
@@ -211,7 +211,7 @@ class AblationEngine:
 
     def _layer_keys(self, patch: Patch) -> list[bytes]:
         """One key per stage: input, each layer, the logits. Equal keys = same interventions."""
-        lay = self.forward.layout
+        lay = self.graph
         assert patch.node is not None and patch.receiver is not None
         edge_key = patch.edge_mode.encode() if patch.edge is not None else b"-"
         keys = [_bytes(patch.node[:, 0]) + edge_key]
@@ -241,7 +241,7 @@ class AblationEngine:
         return self._empty[mode]
 
     def _logits_receiver(self, mode: Mode) -> Tensor:
-        lay = self.forward.layout
+        lay = self.graph
         r = torch.zeros(len(MODES), lay.n_receivers, self.n_pos, **self.kw)
         r[MODES.index(mode), -1] = 1.0
         return r
@@ -252,8 +252,8 @@ class AblationEngine:
     def edge_logits(self, keep: Tensor, mode: Mode) -> Tensor:
         """Answer logits with each edge e interpolated: keep[e] = 1 clean, 0 ablated. Keeps the
         autograd graph when `keep` requires grad (edge attribution, learned masks)."""
-        if keep.shape != (self.forward.layout.n_edges,):
-            raise WorkbenchError(f"edge mask must have {self.forward.layout.n_edges} entries")
+        if keep.shape != (self.graph.n_edges,):
+            raise WorkbenchError(f"edge mask must have {self.graph.n_edges} entries")
         patch = Patch(edge=keep, edge_mode=mode)
         return self.forward.run(self.enc.clean, self.enc.answer_pos, patch, self.values)[0]
 
@@ -261,7 +261,7 @@ class AblationEngine:
                        ) -> Tensor:
         """Run `circuit` with everything outside it ablated, at node or edge level."""
         if level == "edge":
-            keep = torch.zeros(self.forward.layout.n_edges, **self.kw)
+            keep = torch.zeros(self.graph.n_edges, **self.kw)
             for edge in circuit.edges:
                 if edge not in self.graph.edge_index:
                     raise WorkbenchError(f"edge {edge} is not in this model's graph")
@@ -275,13 +275,14 @@ class AblationEngine:
             return self.forward.run(self.enc.clean, self.enc.answer_pos,
                                     self.patch(outside), self.values)[0]
 
-    def perf(self, logits: Tensor, metric_name: MetricName, mode: Mode) -> Perf:
-        """Performance % of `logits` between the full model (100) and the empty one (0)."""
-        ref = self.clean_logits
-        m = metric(metric_name, logits, self.enc, ref)
-        full = metric(metric_name, self.clean_logits, self.enc, ref)
-        empty = metric(metric_name, self.empty_logits(mode), self.enc, ref)
-        return Perf(performance(m, full, empty), metric_name, m, full, empty,
+    def perf(self, logits: Tensor, metric_name: str | Metric, mode: Mode) -> Perf:
+        """Performance % of `logits` between the full model (100) and the empty one (0), by a
+        built-in metric's name or any `Metric`."""
+        fn, ref = get_metric(metric_name), self.clean_logits
+        m = fn.mean(logits, self.enc, ref)
+        full = fn.mean(self.clean_logits, self.enc, ref)
+        empty = fn.mean(self.empty_logits(mode), self.enc, ref)
+        return Perf(performance(m, full, empty), fn.name, m, full, empty,
                     Report.of(logits, self.enc))
 
 

@@ -1,7 +1,12 @@
-"""The `workbench` command: open a model, `eval`, `train` (and later verbs as they land).
+"""The `workbench` command: open a model (the TUI), or run one subcommand (`SUBCOMMANDS`).
 
-Every `WorkbenchError` ends the command with its one line on stderr and exit status 2; nothing
-here computes anything itself, it parses flags and calls the core.
+Every `WorkbenchError` ends the command with its one line on stderr and exit status 2; any other
+exception (a bug) prints one line naming a crash report file, exit status 3. Nothing here
+computes anything itself: it parses flags and calls the core.
+
+To add a subcommand: write `cmd_NAME(argv) -> int` building its parser with `_parser(...)` (which
+adds the settings flags and help for every flag), and add one `Subcommand` row to `SUBCOMMANDS`;
+`workbench --help` lists it from there. Other modules may add rows with `register`.
 """
 
 from __future__ import annotations
@@ -9,36 +14,88 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 
-VERBS = ("eval", "train", "replay", "open", "finetune")
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One `workbench NAME ...` subcommand: its handler and the line `--help` shows for it."""
+
+    name: str
+    summary: str
+    run: Callable[[list[str]], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, summary: str, run: Callable[[list[str]], int]) -> None:
+    """Add a subcommand (`workbench NAME`); the name must be new."""
+    if name in SUBCOMMANDS:
+        raise ValueError(f"subcommand {name} is registered twice")
+    SUBCOMMANDS[name] = Subcommand(name, summary, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("WORKBENCH_LOG", "WARNING"))
-    verb = args[0] if args and args[0] in VERBS else "open"
+    verb = args[0] if args and args[0] in SUBCOMMANDS else "open"
     if args and args[0] == verb:
         args = args[1:]
-    handlers: dict[str, Callable[[list[str]], int]] = {
-        "open": cmd_open, "eval": cmd_eval, "train": cmd_train, "replay": cmd_replay,
-        "finetune": cmd_finetune,
-    }
     try:
-        return handlers[verb](args)
+        return SUBCOMMANDS[verb].run(args)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot use{where}: {exc.strerror or exc}; check the path and its "
+              "permissions", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line and a crash report, never a traceback
+        print(f"error: {crash_report(exc, 'workbench ' + ' '.join(args)[:500])}",
+              file=sys.stderr)
+        return 3
+
+
+def _subcommand_list() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    rows = [f"  {name:<{width}}  {sub.summary}" for name, sub in SUBCOMMANDS.items()
+            if name != "open"]
+    return "subcommands (workbench NAME --help for each):\n" + "\n".join(rows)
+
+
+def _parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand's parser with the settings flags (`--home`, `--log-level`, ...)."""
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("settings (also WORKBENCH_* variables and settings.toml)")
+    g.add_argument("--home", default=None, metavar="DIR",
+                   help="data folder for sessions and crash reports (WORKBENCH_HOME)")
+    g.add_argument("--log-level", default=None, metavar="LEVEL",
+                   help="logging level: DEBUG, INFO, WARNING, ERROR (WORKBENCH_LOG)")
+    g.add_argument("--max-prompts", type=int, default=None, metavar="N",
+                   help="largest prompt set a task may build (WORKBENCH_MAX_PROMPTS)")
+    return p
+
+
+def _parse(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse, then fix the settings from the flags and start logging at their level."""
+    from workbench import settings
+
+    args = p.parse_args(argv)
+    chosen = settings.configure(home=args.home, log_level=args.log_level,
+                                max_prompts=args.max_prompts)
+    logging.basicConfig(level=chosen.log_level)
+    return args
 
 
 def key_values(items: Sequence[str]) -> dict[str, str]:
@@ -53,10 +110,21 @@ def key_values(items: Sequence[str]) -> dict[str, str]:
 
 
 def _split_run_options(options: dict[str, str]) -> tuple[int, int, str | None, dict[str, str]]:
-    n = int(options.pop("n", "256"))
-    seed = int(options.pop("seed", "0"))
+    from workbench import settings
+
+    n, seed = _int_word(options.pop("n", "256"), "n"), _int_word(options.pop("seed", "0"), "seed")
+    limit = settings.current().max_prompts
+    if not 1 <= n <= limit:
+        raise WorkbenchError(f"n={n} must be between 1 and the limit {limit:,}: raise the limit "
+                             f"with --max-prompts {n} (or WORKBENCH_MAX_PROMPTS)")
     corrupt = options.pop("corrupt", None)
     return n, seed, corrupt, options
+
+
+def _int_word(value: str, key: str) -> int:
+    if not value.isascii() or not value.lstrip("+-").isdigit() or len(value) > 12:
+        raise WorkbenchError(f"{key}={value[:40]} must be an integer, like {key}=256")
+    return int(value)
 
 
 def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, Any]:
@@ -75,13 +143,14 @@ def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, A
 
 
 def cmd_eval(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="workbench eval", description="metrics on a task")
-    p.add_argument("--model", default="add3")
+    p = _parser("workbench eval", "metrics of a model on a task's prompt set")
+    p.add_argument("--model", default="add3",
+                   help="bundled name, checkpoint folder or cached hub name (default: add3)")
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("options", nargs="*", help="task options and n=, seed=, corrupt=")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     from workbench.model import load_model
 
     model = load_model(args.model, device=args.device)
@@ -101,13 +170,14 @@ def cmd_eval(argv: list[str]) -> int:
 
 def cmd_open(argv: list[str]) -> int:
     """Open the TUI on a model; `--session PATH` names the log (an existing one is resumed)."""
-    p = argparse.ArgumentParser(prog="workbench", description="Circuit Workbench")
+    p = _parser("workbench", "Circuit Workbench: open a model in the terminal workbench (TUI), "
+                "or run a subcommand", epilog=_subcommand_list())
     p.add_argument("model", nargs="?", default=None, help="default: add3, or the session's")
     p.add_argument("--session", type=Path, default=None,
                    help="session log (default: a new timestamped file in the data directory)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--download", action="store_true", help="allow fetching a hub model")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     from workbench.sessionlog import default_session_path
     from workbench.tui.app import run_app
 
@@ -118,24 +188,22 @@ def cmd_open(argv: list[str]) -> int:
 def cmd_train(argv: list[str]) -> int:
     from workbench.train import TrainConfig, command_line, train, write_card
 
-    p = argparse.ArgumentParser(prog="workbench train", description="train a toy model")
-    p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True, type=Path)
+    p = _parser("workbench train", "train a toy model on a task (reproducible from a seed)")
+    p.add_argument("--task", required=True, help="task to learn, e.g. addition")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--name", default=None, help="model card title (default: the folder name)")
     p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
     defaults = TrainConfig(task="addition")
-    for field in ("seed", "steps", "batch", "n_layer", "d_model", "n_head", "warmup",
-                  "log_every", "eval_every", "eval_n", "threads"):
-        p.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    for field in ("lr", "weight_decay"):
-        p.add_argument(f"--{field.replace('_', '-')}", type=float,
-                       default=getattr(defaults, field))
+    for field, text in TRAIN_FLAGS.items():
+        kind = float if field in ("lr", "weight_decay") else int
+        p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=getattr(defaults, field),
+                       help=f"{text} (default: {getattr(defaults, field)})")
     p.add_argument("--target", type=float, default=None,
                    help="stop once held-out exact match reaches this")
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step but keep the --steps-long schedule")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     from workbench.tasks import TASKS, make_task
 
     task_options: dict[str, Any] = dict(key_values(args.options))
@@ -166,12 +234,19 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_replay(argv: list[str]) -> int:
     """Re-execute a session file or script headless; exit 1 on a failure or digest change."""
-    p = argparse.ArgumentParser(prog="workbench replay", description="replay a session")
-    p.add_argument("file", type=Path)
+    p = _parser("workbench replay", "re-execute a session file or script headless and check "
+                "its recorded digests; exit 1 on any failure, difference or edited line")
+    p.add_argument("file", type=Path, help="a session log (.jsonl) or a script of commands")
     p.add_argument("--json", action="store_true", help="one JSON object per command")
-    p.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
+    p.add_argument("--keep-going", action="store_true",
+                   help="run every command even after a failure (the exit status still says)")
     p.add_argument("--log", type=Path, default=None, help="also record the replay here")
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder for the files its save/export write (default: FILE.replay/ "
+                   "beside it); absolute paths and .. are refused")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let save/export write where the file says (only for files you trust)")
+    args = _parse(p, argv)
     from workbench.replay import replay
 
     def show(outcome: Any) -> None:
@@ -182,13 +257,18 @@ def cmd_replay(argv: list[str]) -> int:
         else:
             print(f"[{outcome.n}] {outcome.cmd}: error: {outcome.error}", flush=True)
 
-    report = replay(args.file, keep_going=args.keep_going, log_to=args.log, on_outcome=show)
+    report = replay(args.file, keep_going=args.keep_going, log_to=args.log, on_outcome=show,
+                    out=args.out, allow_writes=args.allow_writes)
+    for problem in report.problems:
+        print(f"integrity: {problem}", file=sys.stderr)
     for m in report.mismatches:
         print(f"digest differs at command {m.n} ({m.cmd}): recorded {m.recorded}, "
               f"now {m.now}", file=sys.stderr)
     for f in report.failures:
         print(f"command {f.n} failed: {f.cmd}: {f.error}", file=sys.stderr)
-    return 0 if report.ok or (args.keep_going and not report.mismatches) else 1
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _brief(out: dict[str, Any]) -> str:
@@ -198,7 +278,7 @@ def _brief(out: dict[str, Any]) -> str:
         return (f"performance {pct}, {out['metric_name']} {out['metric']}, accuracy "
                 f"{out['accuracy']}")
     if "path" in out:  # export, save
-        return f"wrote {out['path']}"
+        return f"wrote {out.get('written') or out['path']}"
     if "id" in out:
         return f"-> {out['id']}" + (f" ({out['title']})" if "title" in out else "")
     if "text" in out:
@@ -213,10 +293,10 @@ def cmd_finetune(argv: list[str]) -> int:
     from workbench.finetune import config as ft_config
     from workbench.finetune import finetune
 
-    p = argparse.ArgumentParser(prog="workbench finetune",
-                                description="fine-tune a GPT-2-family model on text")
+    p = _parser("workbench finetune", "fine-tune a GPT-2-family model on text (FineMath or a "
+                "local file), nanoGPT-style; Ctrl-C saves")
     ft_config.add_arguments(p)
-    cfg = ft_config.from_args(p.parse_args(argv))
+    cfg = ft_config.from_args(_parse(p, argv))
     progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
                            rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[info]}"),
                            rp.TimeElapsedColumn(), rp.TextColumn("eta"), rp.TimeRemainingColumn())
@@ -255,3 +335,27 @@ def cmd_finetune(argv: list[str]) -> int:
           f"exact match {'n/a' if result.task_accuracy is None else f'{result.task_accuracy:.4f}'}"
           f" ({result.seconds:.0f} s)")
     return 0
+
+
+TRAIN_FLAGS = {
+    "seed": "random seed of data order and initial weights",
+    "steps": "length of the learning-rate schedule, in steps",
+    "batch": "prompts per step",
+    "n_layer": "transformer layers",
+    "d_model": "residual stream width",
+    "n_head": "attention heads per layer",
+    "warmup": "linear warm-up steps",
+    "log_every": "log the training loss every N steps",
+    "eval_every": "score held-out exact match every N steps",
+    "eval_n": "held-out prompts per evaluation",
+    "threads": "torch CPU threads",
+    "lr": "peak learning rate",
+    "weight_decay": "AdamW weight decay",
+}
+
+register("open", "open a model in the terminal workbench (the default)", cmd_open)
+register("eval", "metrics of a model on a task's prompt set (--json for one object)", cmd_eval)
+register("train", "train a bundled-style toy model on a task", cmd_train)
+register("replay", "re-execute a session file headless; check digests and integrity",
+         cmd_replay)
+register("finetune", "fine-tune a GPT-2-family checkpoint on text", cmd_finetune)

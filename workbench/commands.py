@@ -17,6 +17,7 @@ comment dropped, quoted only where needed) and `parse(cmd.text) == cmd` for ever
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -35,9 +36,10 @@ __all__ = [
     "parse",
 ]
 
-METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl")
+METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl", "l2")  # == metrics.METRICS
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
-EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json")
+EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json", ".pdf")
+FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # export r<n>: matplotlib
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
@@ -79,8 +81,8 @@ VERBS: dict[str, VerbSpec] = {
         "prompts PATH.jsonl", "load a prompt set from a JSONL file of pairs", 1, 1, ()
     ),
     "metric": VerbSpec(
-        "metric logit_diff|prob|accuracy|kl",
-        "choose the metric that performance % is built on",
+        "metric logit_diff|prob|accuracy|kl|l2|NAME",
+        "choose the metric performance % and every technique use (NAME: the session's own)",
         1,
         1,
         (),
@@ -100,11 +102,11 @@ VERBS: dict[str, VerbSpec] = {
         (),
     ),
     "perf": VerbSpec(
-        "perf",
+        "perf [metric=NAME]",
         "performance % now (with current ablations), raw metric, accuracy, per-digit",
         0,
         0,
-        (),
+        ("metric",),
     ),
     "run": VerbSpec(
         "run TECHNIQUE [key=value ...]",
@@ -114,18 +116,19 @@ VERBS: dict[str, VerbSpec] = {
         None,
     ),
     "select": VerbSpec(
-        "select r<n> top=K | select r<n> threshold=T | select NODE...",
-        "turn a result's scores, or a list of nodes, into a circuit c<n>",
+        "select r<n> [top=K | threshold=T] | select NODE...",
+        "turn a result's scores (a circuit result as it is), or a list of nodes, into c<n>; "
+        "edges cut off from input or logits are dropped",
         1,
         None,
         ("top", "threshold"),
     ),
     "check": VerbSpec(
-        "check c<n> [mode=mean] [level=node|edge]",
+        "check c<n> [mode=mean] [level=node|edge] [metric=NAME]",
         "faithfulness: performance % with everything outside c<n> ablated",
         1,
         1,
-        ("mode", "level"),
+        ("mode", "level", "metric"),
     ),
     "compare": VerbSpec(
         "compare c<n> c<m>",
@@ -135,8 +138,8 @@ VERBS: dict[str, VerbSpec] = {
         (),
     ),
     "export": VerbSpec(
-        "export c<n> PATH.dot|.svg|.png|.json",
-        "write a circuit as Graphviz DOT, SVG, PNG or JSON",
+        "export c<n> PATH.dot|.svg|.png|.json|.pdf | export r<n> PATH.png|.svg|.pdf",
+        "write a circuit (Graphviz DOT/SVG/PNG, JSON, PDF) or a result's figure (matplotlib)",
         2,
         2,
         (),
@@ -315,16 +318,19 @@ def _check_select(cmd: Command) -> None:
     if not by_score:
         return  # select NODE...
     _result_id("select", first)
-    if len(cmd.args) != 1 or len(cmd.options) != 1:
+    if len(cmd.args) != 1 or len(cmd.options) > 1:
         raise _usage(VERBS["select"])
     top, threshold = cmd.option("top"), cmd.option("threshold")
     if top is not None:
         _int_option(cmd, "top", minimum=1)
     elif threshold is not None:
         try:
-            float(threshold)
+            finite = math.isfinite(float(threshold)) and threshold.isascii()
         except ValueError:
-            raise WorkbenchError(f"select: threshold={threshold} must be a number") from None
+            finite = False
+        if not finite:
+            raise WorkbenchError(f"select: threshold={threshold} must be a finite number, "
+                                 "like 0.01")
 
 
 def _check_check(cmd: Command) -> None:
@@ -343,11 +349,17 @@ def _check_compare(cmd: Command) -> None:
 
 
 def _check_export(cmd: Command) -> None:
-    _circuit_id("export", cmd.args[0])
-    path = cmd.args[1]
-    if not path.lower().endswith(EXPORT_SUFFIXES):
+    target, path = cmd.args[0], cmd.args[1]
+    if _RESULT_ID.fullmatch(target):
+        suffixes = FIGURE_SUFFIXES
+    elif _CIRCUIT_ID.fullmatch(target):
+        suffixes = EXPORT_SUFFIXES
+    else:
+        raise WorkbenchError(f"export: expected a circuit id like c1 or a result id like r1, "
+                             f"got '{target}'")
+    if not path.lower().endswith(suffixes):
         raise WorkbenchError(
-            f"export: '{path}' needs a suffix {'|'.join(EXPORT_SUFFIXES)} to choose the format"
+            f"export: '{path}' needs a suffix {'|'.join(suffixes)} to choose the format"
         )
 
 

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workbench.graph import Graph
 from workbench.weights import Weights, embed, ln
 
 Mode = Literal["zero", "mean", "resample"]
@@ -237,58 +238,6 @@ def _keep(t: Tensor, capture: Capture | None) -> Tensor:
     return t
 
 
-class Layout:
-    """Index arithmetic of the head-level graph (kept equal to `workbench.graph.Graph`).
-
-    Sources: input, then per layer its heads then its MLP. Receivers: per layer the q inputs of
-    its heads, then k, then v, then its MLP; finally logits. Edges are listed receiver by
-    receiver; each receiver reads from a prefix of the sources.
-    """
-
-    def __init__(self, n_layers: int, n_heads: int) -> None:
-        self.n_layers, self.n_heads = n_layers, n_heads
-        self.n_sources = 1 + n_layers * (n_heads + 1)
-        self.n_receivers = n_layers * (3 * n_heads + 1) + 1
-        self.attn_offset, self.mlp_offset = [], []
-        at = 0
-        for layer in range(n_layers):
-            self.attn_offset.append(at)
-            at += 3 * n_heads * self.up_attn(layer)
-            self.mlp_offset.append(at)
-            at += self.up_mlp(layer)
-        self.logits_offset = at
-        self.n_edges = at + self.n_sources
-
-    def up_attn(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1)
-
-    def up_mlp(self, layer: int) -> int:
-        return self.up_attn(layer) + self.n_heads
-
-    def head_source(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
-
-    def mlp_source(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
-
-    def attn_receiver(self, layer: int, port: int, head: int) -> int:
-        return layer * (3 * self.n_heads + 1) + port * self.n_heads + head
-
-    def mlp_receiver(self, layer: int) -> int:
-        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
-
-    def attn_keep(self, keep: Tensor, layer: int) -> Tensor:
-        """(..., n_edges) -> (..., n_upstream, 3, n_heads): the edges into layer's q/k/v."""
-        n, h = self.up_attn(layer), self.n_heads
-        block = keep[..., self.attn_offset[layer]: self.attn_offset[layer] + 3 * h * n]
-        return block.unflatten(-1, (3, h, n)).movedim(-1, -3)
-
-    def mlp_keep(self, keep: Tensor, layer: int) -> Tensor:
-        """(..., n_edges) -> (..., n_upstream): the edges into layer's MLP."""
-        return keep[..., self.mlp_offset[layer]: self.mlp_offset[layer] + self.up_mlp(layer)]
-
-    def logits_keep(self, keep: Tensor) -> Tensor:
-        return keep[..., self.logits_offset:]
 
 
 class Forward:
@@ -296,7 +245,12 @@ class Forward:
 
     def __init__(self, w: Weights) -> None:
         self.w = w
-        self.layout = Layout(w.n_layers, w.n_heads)
+        self.graph = Graph.from_sizes(w.n_layers, w.n_heads)  # the one index scheme
+
+    @property
+    def layout(self) -> Graph:
+        """The graph's index arithmetic (old name of `graph`)."""
+        return self.graph
 
     def run(self, tokens: Tensor, answer_pos: Tensor, patch: Patch | None = None,
             values: dict[Mode, Activations] | None = None, start: int = 0,
@@ -309,7 +263,7 @@ class Forward:
         were the same. `capture` (plain runs with shared inputs) keeps what receiver gradients
         need.
         """
-        w, lay, patch = self.w, self.layout, patch or Patch()
+        w, lay, patch = self.w, self.graph, patch or Patch()
         values = values or {}
         edge = patch.edge
         edge_abl = values.get(patch.edge_mode) if edge is not None else None
@@ -388,7 +342,7 @@ class Forward:
         Per-head outputs are made only when a head is replaced (its change is added to the
         GEMM's result, exactly 0 where nothing is replaced, so untouched positions stay
         bit-identical to the clean run) or when edge deltas are needed."""
-        w, lay = self.w, self.layout
+        w, lay = self.w, self.graph
         b, p, h, e = z.shape
         out = z.reshape(b, p, h * e) @ w.W_O[layer].reshape(h * e, -1) + w.b_O[layer]
         src = lay.head_source(layer, 0)
@@ -412,7 +366,7 @@ class Forward:
                      values: dict[Mode, Activations], state: State) -> Tensor:
         """(batch, pos, d) shared input, or (3, head, batch, pos, d) per q/k/v and head (the
         layout the edge mixing GEMM writes and the q/k/v batched product reads, no copies)."""
-        lay, h = self.layout, self.w.n_heads
+        lay, h = self.graph, self.w.n_heads
         first = lay.attn_receiver(layer, 0, 0)
         recv = patch.receiver[:, first: first + 3 * h] if patch.receiver is not None else None
         has_recv = recv is not None and bool(recv.any())

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache, total_ordering
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 import networkx as nx
 
 from workbench.errors import WorkbenchError
+from workbench.files import write_atomic  # noqa: F401  (export imports it from here)
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Kind = Literal["input", "attn", "mlp", "neuron", "feature", "logits"]
 Port = Literal["q", "k", "v"]
@@ -153,9 +156,13 @@ class Edge:
 def _split(text: str) -> tuple[str, Port | None, int | None]:
     """'a9.1<q>@-1' -> ('a9.1', 'q', -1); raises on a malformed port or position."""
     core, pos = text.strip(), None
+    if not core.isascii():  # `\d` and str.lower() would take a0.1 with a full-width digit
+        bad = next(ch for ch in core if not ch.isascii())
+        raise WorkbenchError(f"cannot parse {core[:40]!r}: {bad!r} (U+{ord(bad):04X}) is not "
+                             "ASCII; names are written in ASCII, like a0.1")
     if "@" in core:
         core, _, p = core.rpartition("@")
-        if not re.fullmatch(r"-?\d+", p.strip()):
+        if not re.fullmatch(r"-?[0-9]+", p.strip()):
             raise WorkbenchError(f"cannot parse {text.strip()!r}: a position is like @3 or @-1")
         pos = int(p)
     port: Port | None = None
@@ -171,12 +178,14 @@ def _split(text: str) -> tuple[str, Port | None, int | None]:
 _CORES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Node]], ...] = (
     (re.compile(r"input"), lambda m: INPUT),
     (re.compile(r"logits"), lambda m: LOGITS),
-    (re.compile(r"a?(\d+)\.(\d+)"), lambda m: head(int(m[1]), int(m[2]))),
-    (re.compile(r"l(\d+)h(\d+)"), lambda m: head(int(m[1]), int(m[2]))),
-    (re.compile(r"m(\d+)"), lambda m: mlp(int(m[1]))),
-    (re.compile(r"m(\d+)\.n(\d+)"), lambda m: Node("neuron", int(m[1]), int(m[2]))),
-    (re.compile(r"a(\d+)\.f(\d+)"), lambda m: Node("feature", int(m[1]), int(m[2]), site="a")),
-    (re.compile(r"m(\d+)\.f(\d+)"), lambda m: Node("feature", int(m[1]), int(m[2]), site="m")),
+    (re.compile(r"a?(\d+)\.(\d+)", re.ASCII), lambda m: head(int(m[1]), int(m[2]))),
+    (re.compile(r"l(\d+)h(\d+)", re.ASCII), lambda m: head(int(m[1]), int(m[2]))),
+    (re.compile(r"m(\d+)", re.ASCII), lambda m: mlp(int(m[1]))),
+    (re.compile(r"m(\d+)\.n(\d+)", re.ASCII), lambda m: Node("neuron", int(m[1]), int(m[2]))),
+    (re.compile(r"a(\d+)\.f(\d+)", re.ASCII),
+     lambda m: Node("feature", int(m[1]), int(m[2]), site="a")),
+    (re.compile(r"m(\d+)\.f(\d+)", re.ASCII),
+     lambda m: Node("feature", int(m[1]), int(m[2]), site="m")),
 )
 
 
@@ -209,19 +218,95 @@ class HasSizes(Protocol):
     n_heads: int
 
 
+class EdgeView(Sequence[Edge]):
+    """`graph.edges`: every edge in score-tensor order, made on demand from index arithmetic
+    (GPT-2 XL has 2.2 million; none is stored). Supports len, indexing, slices and iteration."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+
+    def __len__(self) -> int:
+        return self._graph.n_edges
+
+    @overload
+    def __getitem__(self, i: int) -> Edge: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Edge, ...]: ...
+    def __getitem__(self, i: int | slice) -> Edge | tuple[Edge, ...]:
+        if isinstance(i, slice):
+            return tuple(self._graph.edge(j) for j in range(*i.indices(len(self))))
+        return self._graph.edge(int(i))
+
+    def __iter__(self) -> Iterator[Edge]:
+        g = self._graph
+        for r, receiver in enumerate(g.receivers):
+            for s in range(g.upstream_counts[r]):
+                yield Edge(g.sources[s], receiver)
+
+    def __contains__(self, edge: object) -> bool:
+        return isinstance(edge, Edge) and self._graph.index(edge) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EdgeView) and other._graph == self._graph
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EdgeView({self._graph.n_edges} edges)"
+
+
+class EdgeIndex(Mapping[Edge, int]):
+    """`graph.edge_index`: edge -> its position in score tensors, by arithmetic (no dict)."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+
+    def __getitem__(self, edge: Edge) -> int:
+        i = self._graph.index(edge)
+        if i is None:
+            raise KeyError(edge)
+        return i
+
+    def __contains__(self, edge: object) -> bool:
+        return isinstance(edge, Edge) and self._graph.index(edge) is not None
+
+    def __iter__(self) -> Iterator[Edge]:
+        return iter(self._graph.edges)
+
+    def __len__(self) -> int:
+        return self._graph.n_edges
+
+
 @dataclass(frozen=True)
 class Graph:
-    """The head-level computational graph: sources, receivers (q/k/v split) and edges, in the
-    fixed order score tensors use. Build with `Graph.from_sizes` or `Graph.of(cfg)`."""
+    """The head-level computational graph and its one index scheme: sources, receivers (q/k/v
+    split) and edges, in the fixed order score tensors and keep vectors use.
+
+    Sources: input, then per layer its heads then its MLP. Receivers: per layer the q inputs of
+    its heads, then k, then v, then its MLP; finally logits. Edges run receiver by receiver,
+    each receiver reading from a prefix of the sources, so edge `i` and `index(edge)` are
+    arithmetic: nothing per edge is built (`edges` and `edge_index` are views). Build with
+    `Graph.from_sizes` or `Graph.of(cfg)`; one instance per size is shared.
+    """
 
     n_layers: int
     n_heads: int
     sources: tuple[Node, ...] = field(init=False, repr=False, compare=False)
     receivers: tuple[Node, ...] = field(init=False, repr=False, compare=False)
-    edges: tuple[Edge, ...] = field(init=False, repr=False, compare=False)
     source_index: dict[Node, int] = field(init=False, repr=False, compare=False)
     receiver_index: dict[Node, int] = field(init=False, repr=False, compare=False)
-    edge_index: dict[Edge, int] = field(init=False, repr=False, compare=False)
+    upstream_counts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    edge_offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    attn_offset: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    mlp_offset: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    logits_offset: int = field(init=False, repr=False, compare=False)
+    n_sources: int = field(init=False, repr=False, compare=False)
+    n_receivers: int = field(init=False, repr=False, compare=False)
+    n_edges: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_layers < 0 or self.n_heads < 1:
@@ -231,21 +316,45 @@ class Graph:
             )
         sources: list[Node] = [INPUT]
         receivers: list[Node] = []
+        counts: list[int] = []
+        attn_offset: list[int] = []
+        mlp_offset: list[int] = []
+        offsets: list[int] = []
+        at = 0
         for layer in range(self.n_layers):
             heads = [head(layer, h) for h in range(self.n_heads)]
-            receivers += [h.with_port(p) for p in PORTS for h in heads]  # all q, all k, all v
+            n_attn, n_mlp = self.up_attn(layer), self.up_mlp(layer)
+            attn_offset.append(at)
+            for p in PORTS:  # all q, all k, all v
+                for h in heads:
+                    receivers.append(h.with_port(p))
+                    counts.append(n_attn)
+                    offsets.append(at)
+                    at += n_attn
+            mlp_offset.append(at)
             receivers.append(mlp(layer))
+            counts.append(n_mlp)
+            offsets.append(at)
+            at += n_mlp
             sources += [*heads, mlp(layer)]
         receivers.append(LOGITS)
-        edges = [Edge(s, r) for r in receivers for s in sources[: self.n_upstream(r)]]
-        for name, value in (
-            ("sources", tuple(sources)),
-            ("receivers", tuple(receivers)),
-            ("edges", tuple(edges)),
-            ("source_index", {n: i for i, n in enumerate(sources)}),
-            ("receiver_index", {n: i for i, n in enumerate(receivers)}),
-            ("edge_index", {e: i for i, e in enumerate(edges)}),
-        ):
+        counts.append(len(sources))
+        offsets.append(at)
+        values: dict[str, object] = {
+            "sources": tuple(sources),
+            "receivers": tuple(receivers),
+            "source_index": {n: i for i, n in enumerate(sources)},
+            "receiver_index": {n: i for i, n in enumerate(receivers)},
+            "upstream_counts": tuple(counts),
+            "edge_offsets": (*offsets, at + len(sources)),
+            "attn_offset": tuple(attn_offset),
+            "mlp_offset": tuple(mlp_offset),
+            "logits_offset": at,
+            "n_sources": len(sources),
+            "n_receivers": len(receivers),
+            "n_edges": at + len(sources),
+        }
+        for name, value in values.items():
             object.__setattr__(self, name, value)
 
     @classmethod
@@ -263,8 +372,91 @@ class Graph:
         return (*self.sources, LOGITS)
 
     @property
-    def n_edges(self) -> int:
-        return len(self.edges)
+    def edges(self) -> EdgeView:
+        """Every edge in index order, built on demand (a view, not a list)."""
+        return EdgeView(self)
+
+    @property
+    def edge_index(self) -> EdgeIndex:
+        """edge -> index, by arithmetic (a read-only mapping view)."""
+        return EdgeIndex(self)
+
+    # -- edges by index ----------------------------------------------------------------------
+
+    def edge(self, i: int) -> Edge:
+        """The edge at index `i` (negative counts from the end)."""
+        s, r = self.edge_ends(i)
+        return Edge(self.sources[s], self.receivers[r])
+
+    def edge_ends(self, i: int) -> tuple[int, int]:
+        """(source index, receiver index) of edge `i`."""
+        n = self.n_edges
+        if not -n <= i < n:
+            raise IndexError(f"edge index {i} out of range for {n} edges")
+        i %= n
+        r = bisect_right(self.edge_offsets, i) - 1
+        return i - self.edge_offsets[r], r
+
+    def index(self, edge: Edge) -> int | None:
+        """The position of `edge` in score tensors, or None if it is not in this graph."""
+        r = self.receiver_index.get(edge.dst)
+        s = self.source_index.get(edge.src)
+        if r is None or s is None or s >= self.upstream_counts[r]:
+            return None
+        return self.edge_offsets[r] + s
+
+    def incoming(self, receiver: Node) -> range:
+        """The edge indices into `receiver` (its upstream sources in order)."""
+        r = self.receiver_index.get(receiver)
+        if r is None:
+            self.n_upstream(receiver)  # raises the right message
+            raise WorkbenchError(f"'{receiver}' is not a receiver of this graph")
+        return range(self.edge_offsets[r], self.edge_offsets[r + 1])
+
+    def outgoing(self, source: Node) -> list[int]:
+        """The edge indices out of `source` (one per receiver downstream of it)."""
+        s = self.source_index.get(source)
+        if s is None:
+            raise WorkbenchError(f"'{source}' is not a source of this graph")
+        return [self.edge_offsets[r] + s for r, n in enumerate(self.upstream_counts) if n > s]
+
+    # -- index arithmetic --------------------------------------------------------------------
+
+    def up_attn(self, layer: int) -> int:
+        """Sources feeding layer `layer`'s q/k/v inputs."""
+        return 1 + layer * (self.n_heads + 1)
+
+    def up_mlp(self, layer: int) -> int:
+        """Sources feeding layer `layer`'s MLP."""
+        return self.up_attn(layer) + self.n_heads
+
+    def head_source(self, layer: int, index: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + index
+
+    def mlp_source(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def attn_receiver(self, layer: int, port: int, index: int) -> int:
+        return layer * (3 * self.n_heads + 1) + port * self.n_heads + index
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    def attn_keep(self, keep: Tensor, layer: int) -> Tensor:
+        """(..., n_edges) -> (..., n_upstream, 3, n_heads): the edges into layer's q/k/v."""
+        n, h = self.up_attn(layer), self.n_heads
+        block = keep[..., self.attn_offset[layer]: self.attn_offset[layer] + 3 * h * n]
+        return block.unflatten(-1, (3, h, n)).movedim(-1, -3)
+
+    def mlp_keep(self, keep: Tensor, layer: int) -> Tensor:
+        """(..., n_edges) -> (..., n_upstream): the edges into layer's MLP."""
+        return keep[..., self.mlp_offset[layer]: self.mlp_offset[layer] + self.up_mlp(layer)]
+
+    def logits_keep(self, keep: Tensor) -> Tensor:
+        """(..., n_edges) -> (..., n_sources): the edges into logits."""
+        return keep[..., self.logits_offset:]
+
+    # -- checks ------------------------------------------------------------------------------
 
     def check(self, node: Node) -> Node:
         """Return `node` if its layer and head exist in this model, else raise."""
@@ -280,13 +472,12 @@ class Graph:
     def n_upstream(self, receiver: Node) -> int:
         """How many sources feed `receiver`; they are always `sources[:n]`."""
         self.check(receiver)
-        per_layer = self.n_heads + 1
         if receiver.kind == "attn":
-            return 1 + (receiver.layer or 0) * per_layer
+            return self.up_attn(receiver.layer or 0)
         if receiver.kind == "mlp":
-            return 1 + (receiver.layer or 0) * per_layer + self.n_heads
+            return self.up_mlp(receiver.layer or 0)
         if receiver.kind == "logits":
-            return 1 + self.n_layers * per_layer
+            return 1 + self.n_layers * (self.n_heads + 1)
         raise WorkbenchError(
             f"'{receiver}' is not a receiver in the head-level graph: use aL.H<q|k|v>, mL or logits"
         )
@@ -308,7 +499,7 @@ def expand(pattern: str, graph: Graph) -> list[Node]:
         return [graph.check(parse_node(pattern))]
     if core == "m*" and port is None:
         return [mlp(layer, pos) for layer in range(graph.n_layers)]
-    match = re.fullmatch(r"a(\*|\d+)\.(\*|\d+)", core)
+    match = re.fullmatch(r"a(\*|[0-9]+)\.(\*|[0-9]+)", core)
     if not match:
         raise WorkbenchError(
             f"cannot expand {pattern.strip()!r}: expected a pattern like a9.*, a*.*, a*.3, m* "
@@ -317,23 +508,6 @@ def expand(pattern: str, graph: Graph) -> list[Node]:
     layers = range(graph.n_layers) if match[1] == "*" else [int(match[1])]
     heads = range(graph.n_heads) if match[2] == "*" else [int(match[2])]
     return [graph.check(head(layer, h, port, pos)) for layer in layers for h in heads]
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file and `os.replace`; return the path."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise WorkbenchError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WorkbenchError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-    return path
 
 
 def _names(items: object) -> bool:
@@ -407,7 +581,8 @@ class Circuit:
                     f"from_nodes takes whole components, got '{node}': drop the <port> and @P"
                 )
             keep.add(node)
-        edges = [e for e in graph.edges if e.src in keep and e.dst.base() in keep]
+        edges = [Edge(s, r) for r in graph.receivers if r.base() in keep
+                 for s in graph.upstream(r) if s in keep]
         return cls(keep, edges, name=name)
 
     @classmethod
@@ -495,6 +670,24 @@ class Circuit:
             return cls.from_json(data)
         except (WorkbenchError, TypeError, ValueError) as exc:
             raise WorkbenchError(f"cannot read circuit '{path}': {exc}") from exc
+
+
+def connected(edges: Iterable[Edge]) -> tuple[list[Edge], list[Edge]]:
+    """Split `edges` into those on some path from `input` to `logits` through these edges and
+    those cut off from either end (as circuit-tracer's `prune_graph` prunes to what reaches the
+    target): an edge s -> r stays when s is reached from input and r's component reaches logits.
+    Order is kept."""
+    edges = list(edges)
+    g = nx.DiGraph()
+    g.add_edges_from(e.ends()[:2] for e in edges)
+    start, end = str(INPUT), str(LOGITS)
+    forward = nx.descendants(g, start) | {start} if start in g else set()
+    backward = nx.ancestors(g, end) | {end} if end in g else set()
+    kept, dropped = [], []
+    for e in edges:
+        src, dst, _ = e.ends()
+        (kept if src in forward and dst in backward else dropped).append(e)
+    return kept, dropped
 
 
 @dataclass(frozen=True)

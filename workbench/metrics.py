@@ -1,17 +1,30 @@
-"""Metrics on answer positions: logit difference, probability, accuracy, KL, performance %.
+"""Metrics on answer positions, the one metric contract every method uses, performance %.
 
-All metrics take *answer logits* `(batch, n_answer, vocab)`: the logits at `enc.answer_pos`
-(teacher forcing over the answer units), so a 3-digit addition answer is scored digit by digit.
-`answer_logits` gathers them from full logits; the ablation engine unembeds only those
-positions. Each metric has a per-prompt form (for the prompt browser and gradients) and a mean.
+A metric is a `Metric`: a name, a function `fn(logits, enc, clean_logits) -> (batch,)` giving one
+value per prompt, and a declared direction (`higher` or `lower` is better). `logits` and
+`clean_logits` are *answer logits* `(batch, n_answer, vocab)`: the logits at `enc.answer_pos`
+(teacher forcing over the answer units, so a 3-digit answer is scored digit by digit) of the run
+being scored and of the unablated model on the same prompts. `answer_logits` gathers them from
+full logits; the ablation engine unembeds only those positions.
 
-Performance % is DESIGN.md's: `100 * (M - M_empty) / (M_full - M_empty)`.
+Built in (`BUILTIN_METRICS`): `logit_diff`, `prob`, `accuracy` (not differentiable), `kl`
+(KL(clean || run), lower is better) and `l2` (ACDC's metric: squared Euclidean distance of the
+answer logits to the clean model's, lower is better). `l2` compares logits *centred over the
+vocabulary*: the engine's logits come from weights folded as TransformerLens's compatibility
+mode folds them (unembedding centred), which differ from raw Hugging Face logits by a constant
+per position; centring both sides makes l2 the same for either. `kl` and `l2` are minimal at the
+clean run, so their gradient vanishes there (`flat_at_clean`): gradient methods say so.
+A plain two-argument function `fn(logits, enc)` (the old contract) is wrapped by `as_metric`.
+
+Performance % is DESIGN.md's: `100 * (M - M_empty) / (M_full - M_empty)` (either direction).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -19,8 +32,9 @@ from torch import Tensor
 from workbench.errors import WorkbenchError
 from workbench.tasks.encode import EncodedPrompts
 
-MetricName = Literal["logit_diff", "prob", "accuracy", "kl"]
-METRICS: tuple[MetricName, ...] = ("logit_diff", "prob", "accuracy", "kl")
+MetricName = str  # a registered metric: built in or given to the session
+Direction = Literal["higher", "lower"]
+MetricFn = Callable[[Tensor, EncodedPrompts, Tensor], Tensor]
 
 
 def answer_logits(logits: Tensor, enc: EncodedPrompts) -> Tensor:
@@ -73,25 +87,136 @@ def per_digit_accuracy(al: Tensor, enc: EncodedPrompts) -> list[float]:
     return (al.argmax(-1) == enc.answer).float().mean(0).tolist()
 
 
-def metric_per_prompt(name: MetricName, al: Tensor, enc: EncodedPrompts,
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32 or wider (half precision accumulates in float32; float64 stays)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def l2_per_prompt(al: Tensor, reference: Tensor) -> Tensor:
+    """(batch,) squared L2 distance between the vocabulary-centred answer logits and the
+    reference's, summed over the vocabulary and averaged over answer positions."""
+    a, r = wide(al), wide(reference)
+    diff = (a - a.mean(-1, keepdim=True)) - (r - r.mean(-1, keepdim=True))
+    return diff.pow(2).sum(-1).mean(-1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric: `fn(logits, enc, clean_logits)` -> one value per prompt, (batch,).
+
+    `direction` says which way is better; `flat_at_clean` that the metric is extremal at the
+    clean run (its gradient there is zero: plain EAP cannot use it); `differentiable` false for
+    metrics with no useful gradient (accuracy)."""
+
+    name: str
+    fn: MetricFn
+    direction: Direction = "higher"
+    flat_at_clean: bool = False
+    differentiable: bool = True
+    needs_clean: bool = True  # reads clean_logits (built-ins that do not may be given None)
+    about: str = ""
+
+    def per_prompt(self, al: Tensor, enc: EncodedPrompts, clean: Tensor | None) -> Tensor:
+        """(batch,) values; a function returning another shape is a one-line error."""
+        if clean is None:
+            if self.needs_clean:
+                raise WorkbenchError(
+                    f"metric {self.name} needs the full model's logits as reference")
+            clean = al  # not read
+        out = self.fn(al, enc, clean)
+        if not isinstance(out, Tensor) or tuple(out.shape) != (al.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise WorkbenchError(
+                f"metric {self.name} returned {shape}: a metric gives one value per prompt, "
+                f"a tensor of shape ({al.shape[0]},)")
+        return out
+
+    def mean(self, al: Tensor, enc: EncodedPrompts, clean: Tensor | None) -> float:
+        return float(wide(self.per_prompt(al, enc, clean)).mean())
+
+    def worse_by(self, before: float, after: float) -> float:
+        """How much worse `after` is than `before` (negative: it improved)."""
+        return before - after if self.direction == "higher" else after - before
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher is better, -1 when lower is."""
+        return 1.0 if self.direction == "higher" else -1.0
+
+
+def _takes_clean(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` accepts a third positional argument (clean logits)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(k in positional for k in kinds) >= 3
+
+
+def as_metric(name: str, fn: Metric | Callable[..., Tensor],
+              direction: Direction = "higher") -> Metric:
+    """A `Metric` named `name` from a Metric, a `fn(logits, enc, clean_logits)` or an old-style
+    `fn(logits, enc)`; plain functions are `higher is better` unless `direction` says not."""
+    if isinstance(fn, Metric):
+        return fn if fn.name == name else replace(fn, name=name)
+    if not callable(fn):
+        raise WorkbenchError(f"metric {name!r} is a {type(fn).__name__}, not a function "
+                             "fn(logits, enc[, clean_logits]) or a Metric")
+    if direction not in ("higher", "lower"):
+        raise WorkbenchError(f"metric {name!r}: direction must be 'higher' or 'lower'")
+    if _takes_clean(fn):
+        return Metric(name, fn, direction, about="custom")
+    two: Callable[[Tensor, EncodedPrompts], Tensor] = fn
+
+    def wrapped(al: Tensor, enc: EncodedPrompts, clean: Tensor) -> Tensor:
+        return two(al, enc)
+
+    return Metric(name, wrapped, direction, about="custom")
+
+
+BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("logit_diff", lambda al, enc, clean: logit_diff_per_prompt(al, enc),
+           needs_clean=False, about="logit of the answer minus the contrast"),
+    Metric("prob", lambda al, enc, clean: prob_per_prompt(al, enc), needs_clean=False,
+           about="probability of the answer"),
+    Metric("accuracy", lambda al, enc, clean: correct_per_prompt(al, enc).float(),
+           differentiable=False, needs_clean=False,
+           about="exact match (or an accepted answer)"),
+    Metric("kl", lambda al, enc, clean: kl_per_prompt(al, clean), direction="lower",
+           flat_at_clean=True, about="KL(clean model || this run)"),
+    Metric("l2", lambda al, enc, clean: l2_per_prompt(al, clean), direction="lower",
+           flat_at_clean=True,
+           about="squared L2 distance of the centred answer logits to the clean model's"),
+)}
+METRICS: tuple[MetricName, ...] = tuple(BUILTIN_METRICS)
+
+
+def get_metric(name: str | Metric, extra: Mapping[str, Metric] | None = None) -> Metric:
+    """The metric called `name`: the session's own (`extra`) first, then the built-ins."""
+    if isinstance(name, Metric):
+        return name
+    found = (extra or {}).get(name) or BUILTIN_METRICS.get(name)
+    if found is None:
+        known = [*BUILTIN_METRICS, *(k for k in (extra or {}) if k not in BUILTIN_METRICS)]
+        raise WorkbenchError(f"unknown metric {name!r}: choose one of {', '.join(known)}")
+    return found
+
+
+def metric_per_prompt(name: str | Metric, al: Tensor, enc: EncodedPrompts,
                       reference: Tensor | None = None) -> Tensor:
-    """(batch,) values of a named metric on answer logits. Higher is better but for `kl`."""
-    if name == "logit_diff":
-        return logit_diff_per_prompt(al, enc)
-    if name == "prob":
-        return prob_per_prompt(al, enc)
-    if name == "accuracy":
-        return correct_per_prompt(al, enc).float()
-    if name == "kl":
-        if reference is None:
-            raise WorkbenchError("metric kl needs the full model's logits as reference")
-        return kl_per_prompt(al, reference)
-    raise WorkbenchError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}")
+    """(batch,) values of a metric (a built-in name or a `Metric`) on answer logits;
+    `reference` is the clean model's answer logits (needed by kl, l2 and most custom metrics).
+    logit_diff, prob and accuracy do not read it."""
+    return get_metric(name).per_prompt(al, enc, reference)
 
 
-def metric(name: MetricName, al: Tensor, enc: EncodedPrompts,
+def metric(name: str | Metric, al: Tensor, enc: EncodedPrompts,
            reference: Tensor | None = None) -> float:
-    return float(metric_per_prompt(name, al, enc, reference).mean())
+    return float(wide(metric_per_prompt(name, al, enc, reference)).mean())
 
 
 def performance(m: float, m_full: float, m_empty: float) -> float:

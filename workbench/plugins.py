@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -29,8 +30,8 @@ from torch import Tensor
 from workbench.ablation import Ablation, AblationEngine
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
-from workbench.graph import Circuit, Edge, Graph, parse_node
-from workbench.metrics import MetricName
+from workbench.graph import Circuit, Edge, Graph, connected, parse_node
+from workbench.metrics import BUILTIN_METRICS, Metric, MetricName, get_metric
 from workbench.model import LoadedModel
 from workbench.tasks import PromptSet, coerce
 from workbench.tasks.encode import EncodedPrompts
@@ -61,6 +62,12 @@ class Context:
     ablations: tuple[Ablation, ...] = ()
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
+    metrics: Mapping[str, Metric] = field(default_factory=lambda: dict(BUILTIN_METRICS))
+
+    def metric_fn(self, name: str | None = None) -> Metric:
+        """The metric called `name` (built in or given to the session); None: the session's.
+        Every technique that scores runs takes its metric from here."""
+        return get_metric(name or self.metric, self.metrics)
 
     def check(self) -> None:
         """Stop here if the user pressed Esc."""
@@ -80,6 +87,7 @@ class NodeScores:
     unit: str = ""
     extra: dict[str, float] = field(default_factory=dict)  # e.g. DLA's constant term
     kind: str = "node_scores"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         top = sorted(self.scores.items(), key=lambda kv: -abs(kv[1]))[:10]
@@ -100,16 +108,58 @@ class EdgeScores:
     values: Tensor  # (n_edges,)
     unit: str = ""
     kind: str = "edge_scores"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
-        top = self.ranked()[:10]
+        top = self.top(10)
         return {"kind": self.kind, "title": self.title, "unit": self.unit,
                 "n": int(self.values.numel()), "top": [[str(e), round(v, 6)] for e, v in top]}
 
     def ranked(self) -> list[tuple[Edge, float]]:
-        values = self.values.detach()
-        order = torch.argsort(values.abs(), descending=True, stable=True)
-        return [(self.graph.edges[i], float(values[i])) for i in order.tolist()]
+        """Every edge, largest |score| first (ties in index order). Builds one `Edge` per edge:
+        fine for small graphs; at GPT-2 XL size (2.2M edges) use `top(k)` or `above(t)`."""
+        return self.top(int(self.values.numel()))
+
+    def top(self, k: int) -> list[tuple[Edge, float]]:
+        """The `k` edges with the largest |score|, largest first, ties in index order: the same
+        as `ranked()[:k]`, found with one `torch.topk` instead of sorting every edge."""
+        return self.rows(top_indices(self.values, k))
+
+    def above(self, threshold: float) -> list[tuple[Edge, float]]:
+        """Every edge with |score| >= `threshold`, ranked like `ranked()`."""
+        mag = magnitude(self.values)
+        chosen = (mag >= threshold).nonzero().flatten()
+        order = torch.argsort(mag[chosen], descending=True, stable=True)
+        return self.rows(chosen[order])
+
+    def rows(self, indices: Tensor) -> list[tuple[Edge, float]]:
+        """(edge, score) at each index in `indices`, in that order."""
+        values = self.values.detach().flatten()
+        picked = values[indices].tolist()
+        return [(self.graph.edges[i], float(v)) for i, v in zip(indices.tolist(), picked,
+                                                                 strict=True)]
+
+
+def magnitude(values: Tensor) -> Tensor:
+    """|values| as a flat float32 tensor, NaN counted as the largest (how scores are ranked)."""
+    return values.detach().flatten().float().abs().nan_to_num(nan=math.inf)
+
+
+def top_indices(values: Tensor, k: int) -> Tensor:
+    """Indices of the `k` largest |values|, largest first, ties broken by index (exactly a
+    stable descending argsort cut at `k`) without sorting the rest: one `topk` finds the
+    k-th magnitude, then only the entries at least that large are sorted."""
+    mag = magnitude(values)
+    k = max(0, min(int(k), mag.numel()))
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if k == mag.numel():
+        return torch.argsort(mag, descending=True, stable=True)
+    kth = torch.topk(mag, k, sorted=False).values.min()
+    above = (mag > kth).nonzero().flatten()
+    ties = (mag == kth).nonzero().flatten()[: k - above.numel()]
+    chosen = torch.cat([above, ties]).sort().values  # index order, so the sort below is stable
+    return chosen[torch.argsort(mag[chosen], descending=True, stable=True)]
 
 
 @dataclass(frozen=True)
@@ -122,6 +172,7 @@ class Table:
     values: Tensor  # (len(rows), len(cols))
     unit: str = ""
     kind: str = "table"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         flat = self.values.flatten().abs().argsort(descending=True)[:5].tolist()
@@ -141,6 +192,7 @@ class Curve:
     ys: dict[str, tuple[float, ...]]
     y_label: str = ""
     kind: str = "curve"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title, "n": len(self.x),
@@ -154,6 +206,7 @@ class CircuitResult:
     title: str
     circuit: Circuit
     kind: str = "circuit"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title, "nodes": len(self.circuit.nodes),
@@ -167,6 +220,7 @@ class Composite:
     title: str
     parts: tuple[tuple[str, Any], ...]  # (name, result); the first with scores feeds `select`
     kind: str = "composite"
+    metric: str | None = None  # the metric the scores are in (None: none used)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title,
@@ -188,11 +242,14 @@ class Technique:
     Params: type
     run: Callable[[Context, Any], Result]
     cost: str = ""  # in forward-pass equivalents, for `help run NAME`
+    # Forward-pass equivalents per prompt for these params, known before running: the session
+    # refuses a run past `settings.max_work` prompt-forwards (None: cheap, not checked).
+    estimate: Callable[[Context, Any], float] | None = None
 
     def params(self, options: dict[str, str]) -> Any:
         """Coerce `key=value` strings into this technique's `Params`."""
         fields = {f.name: f for f in dataclasses.fields(self.Params)}
-        hints = typing.get_type_hints(self.Params)
+        hints = typing.get_type_hints(self.Params, include_extras=True)
         typed = {}
         for key, value in options.items():
             if key not in fields:
@@ -227,34 +284,62 @@ def load_registry(builtins: tuple[str, ...] = BUILTINS) -> dict[str, Technique]:
     return registry
 
 
-def select_circuit(result: Result, graph: Graph, top: int | None = None,
-                   threshold: float | None = None, name: str = "") -> Circuit:
-    """Turn scores into a circuit: the `top` largest |scores|, or all with |score| >= threshold."""
+@dataclass(frozen=True)
+class Selection:
+    """What `select` made: the circuit, and how many chosen edges were dropped because they
+    no longer connect `input` to `logits`."""
+
+    circuit: Circuit
+    dropped: int = 0
+    note: str = ""
+
+
+def select(result: Result, graph: Graph, top: int | None = None,
+           threshold: float | None = None, name: str = "") -> Selection:
+    """A circuit from a result. A circuit result (ACDC, mask, prune) is its own circuit (top=
+    and threshold= are not needed; given, they are not used and the note says so). Node
+    scores: the `top` largest |scores|, or all with |score| >= threshold, with every graph
+    edge between them. Edge scores: the same cut, then only the edges on a path from input
+    to logits (`graph.connected`)."""
     if isinstance(result, Composite):
         first = next((p for _, p in result.parts if not isinstance(p, Table | Curve)), None)
         if first is None:
             raise WorkbenchError("this result has no scores or circuit to select from")
-        return select_circuit(first, graph, top, threshold, name)
+        return select(first, graph, top, threshold, name)
     if isinstance(result, CircuitResult):
-        return result.circuit
+        given = top is not None or threshold is not None  # old session files say top=1
+        return Selection(result.circuit, note="a circuit result selects itself; top= and "
+                         "threshold= are not used" if given else "")
     if isinstance(result, NodeScores):
         ranked = [(k, v) for k, v in result.ranked() if k not in ("input", "logits")]
-        keep = _cut(ranked, top, threshold)
+        keep = _cut(ranked, top, threshold, result.kind)
         nodes = [parse_node(k).base() for k, _ in keep]
         circuit = Circuit.from_nodes(nodes, graph, name=name)
-        return Circuit(nodes=circuit.nodes, edges=circuit.edges,
-                       scores={k: v for k, v in keep}, name=name)
+        return Selection(Circuit(nodes=circuit.nodes, edges=circuit.edges,
+                                 scores={k: v for k, v in keep}, name=name))
     if isinstance(result, EdgeScores):
-        keep = _cut(result.ranked(), top, threshold)
-        return Circuit.from_edges([e for e, _ in keep],
-                                  scores={str(e): v for e, v in keep}, name=name)
+        if top is None and threshold is None:
+            _cut([], top, threshold, result.kind)  # raises: scores are not a circuit
+        cut = result.top(top) if top is not None else result.above(threshold)  # type: ignore[arg-type]
+        score = dict(cut)
+        kept, dropped = connected(e for e, _ in cut)
+        return Selection(Circuit.from_edges(kept, scores={str(e): score[e] for e in kept},
+                                            name=name), len(dropped))
     raise WorkbenchError(f"a {result.kind} result has no scores to select from; "
                          "use select NODE... instead")
 
 
-def _cut(ranked: list[Any], top: int | None, threshold: float | None) -> list[Any]:
+def select_circuit(result: Result, graph: Graph, top: int | None = None,
+                   threshold: float | None = None, name: str = "") -> Circuit:
+    """`select(...).circuit`."""
+    return select(result, graph, top, threshold, name).circuit
+
+
+def _cut(ranked: list[Any], top: int | None, threshold: float | None, kind: str
+         ) -> list[Any]:
     if top is not None:
         return ranked[:top]
     if threshold is not None:
         return [(k, v) for k, v in ranked if abs(v) >= threshold]
-    raise WorkbenchError("select needs top=K or threshold=T")
+    raise WorkbenchError(f"select: this result holds {kind.replace('_', ' ')}, not a circuit; "
+                         "give top=K or threshold=T")

@@ -6,8 +6,12 @@
    outcome carries the one-line error.
 3. State is an immutable `State` value; state-changing verbs push the old value on the undo
    stack. Models and ablation engines are cached by identity, so undo never reloads.
-4. Every command is appended to the session log (JSON Lines, atomic rewrite) with its summary,
-   a digest of it and the seconds taken: a crash loses nothing and the file replays.
+4. Every command is appended to the session log (JSON Lines, one appended line each) with its
+   summary, a digest of it and the seconds taken: a crash loses nothing and the file replays.
+5. An unexpected exception (a bug) is caught too: the state is put back, a crash report is
+   written under the data folder, and the outcome's error is one line naming that file.
+6. `save` and `export` write where `self.writes` allows (anywhere; only under the replay output
+   folder; nowhere while a reopened session's recorded commands are re-run).
 
 Invariant: nothing outside `execute` mutates the session; outcomes are JSON-safe summaries plus
 the live result objects the TUI renders.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import time
@@ -28,23 +33,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import __version__
+from workbench import __version__, settings
 from workbench.ablation import Ablation, AblationEngine, Perf
+from workbench.bounds import check_alphabet
 from workbench.commands import Command, help_text, parse
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 from workbench.export import export
+from workbench.figures import CircuitFig, figure_of
+from workbench.figures_mpl import save as save_figure
+from workbench.files import Writes, write_atomic
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, compare, expand, parse_edge
-from workbench.metrics import METRICS, Report
+from workbench.metrics import BUILTIN_METRICS, Metric, as_metric, get_metric
 from workbench.model import DEFAULT_MODEL, LoadedModel, load_model
-from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select_circuit
-from workbench.sessionlog import Entry, Header, SessionLog, digest, save_tensors
+from workbench.plugins import Cancelled, Context, Result, Technique, load_registry, select
+from workbench.sessionlog import Entry, Header, SessionLog, digest_out, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
 
 log = logging.getLogger(__name__)
 
-MetricFn = Callable[[Tensor, EncodedPrompts], Tensor]  # answer logits -> (batch,) values
+# answer logits [, clean answer logits] -> (batch,) values; or a `Metric` (with a direction)
+MetricFn = Callable[[Tensor, EncodedPrompts], Tensor] | Callable[
+    [Tensor, EncodedPrompts, Tensor], Tensor] | Metric
 
 
 @dataclass(frozen=True)
@@ -112,21 +123,28 @@ class Session:
 
     def __init__(self, path: str | Path | None = None, model: LoadedModel | str | None = None,
                  metrics: dict[str, MetricFn] | None = None, seed: int = 0,
-                 device: str = "auto", registry: dict[str, Technique] | None = None) -> None:
+                 device: str = "auto", registry: dict[str, Technique] | None = None,
+                 resume: bool = False) -> None:
+        """`resume=True` extends the existing log at `path` (new lines after its own) instead
+        of starting a new one; the caller re-runs its commands with `recording` off."""
         self.path = Path(path) if path is not None else None
         self.seed, self.device = seed, device
         self.state = State()
         self.undo_stack: list[State] = []
         self.redo_stack: list[State] = []
         self.outcomes: list[Outcome] = []
-        self.metric_fns: dict[str, MetricFn] = dict(metrics or {})
+        self.metric_fns: dict[str, Metric] = {
+            name: as_metric(name, fn) for name, fn in (metrics or {}).items()}
         self.registry = registry if registry is not None else load_registry()
         self._engines: dict[tuple[int, int], AblationEngine] = {}
         self._encoded: dict[tuple[int, int], EncodedPrompts] = {}
         self._log = SessionLog(self.path) if self.path is not None else None
+        self.writes = Writes()  # where save/export may write (replay and reopen narrow it)
+        self.recording = True  # False while a reopened log's commands are re-run
         if isinstance(model, LoadedModel):
             self.state = replace(self.state, model=model)
-        self._start_log()
+        if not resume:
+            self._start_log()
         if isinstance(model, str):
             outcome = self.execute(f"load {model}" + (f" device={device}"
                                                       if device != "auto" else ""))
@@ -141,19 +159,24 @@ class Session:
         start = time.perf_counter()
         n = len(self.outcomes) + 1
         text = str(line).strip()
+        before = self.state
         try:
+            limit = settings.current().max_line
+            if len(text) > limit:
+                raise WorkbenchError(f"command line of {len(text):,} characters is over the "
+                                     f"limit of {limit:,}: split it, or raise max_line "
+                                     "(WORKBENCH_MAX_LINE)")
             cmd = line if isinstance(line, Command) else parse(line)
             if cmd is None:
                 return Outcome(n=0, cmd="", ok=True)
             text = cmd.text
-            before = self.state
             out, result = self._dispatch(cmd, progress, cancelled)
             if cmd.verb in UNDOABLE and self.state is not before:
                 self.undo_stack.append(before)
                 self.redo_stack.clear()
-            # Where a result's tensors were stored depends on the log's name, not the result.
-            digested = {k: v for k, v in out.items() if k != "tensors"}
-            outcome = Outcome(n, text, True, out, None, digest(digested),
+            # The digest is of the output as the log stores it (rounded), so replay can check
+            # a stored output against it; where tensors went is not part of it.
+            outcome = Outcome(n, text, True, out, None, digest_out(_json_safe(out)),
                               time.perf_counter() - start, result)
         except WorkbenchError as exc:
             outcome = Outcome(n, text, False, error=str(exc),
@@ -165,6 +188,16 @@ class Session:
             outcome = Outcome(n, text, False, error="out of GPU memory: use fewer prompts "
                               "(task ... n=) or a smaller model", seconds=time.perf_counter()
                               - start)
+        except Exception as exc:  # a bug: one line and a crash report, never a traceback
+            log.debug("command %r raised", text, exc_info=True)
+            self.state = before
+            error = crash_report(exc, f"execute {text[:1000]!r}") + "; the state is unchanged"
+            outcome = Outcome(n, text[:200], False, error=error,
+                              seconds=time.perf_counter() - start)
+        if not outcome.ok:
+            self.state = before  # a failed command leaves the state exactly as it was
+            if len(outcome.cmd) > 1000:  # the log keeps a bounded copy of a pasted blob
+                outcome = dataclasses.replace(outcome, cmd=outcome.cmd[:1000] + "…")
         self.outcomes.append(outcome)
         self._append_log(outcome)
         return outcome
@@ -191,8 +224,6 @@ class Session:
             name, options = model.default_task()
             prompts = make_task(name, **options).prompt_set(256, self.seed, split="test")
             self.state = replace(self.state, prompts=prompts)
-        if self._log is not None and self._header_model() is None:
-            self._start_log(keep_entries=True)
         card = model.card
         return {"model": card.name, "identity": model.identity.sha256,
                 "layers": card.n_layers, "heads": card.n_heads, "device": card.device}, model
@@ -203,11 +234,30 @@ class Session:
         seed = int(opts.pop("seed", self.seed))
         corrupt = opts.pop("corrupt", None)
         split = opts.pop("split", "test")
-        prompts = make_task(cmd.args[0], **opts).prompt_set(n, seed, corrupt, split)  # type: ignore[arg-type]
+        task = make_task(cmd.args[0], **opts)
+        self._check_size(n, task.prompt_set(1, seed, corrupt, split))  # type: ignore[arg-type]
+        prompts = task.prompt_set(n, seed, corrupt, split)  # type: ignore[arg-type]
         return self._set_prompts(prompts)
 
+    def _check_size(self, n: int, sample: PromptSet) -> None:
+        """Refuse a prompt set past `settings.max_prompts` before building it, with its cost."""
+        limit = settings.current().max_prompts
+        if n <= limit:
+            return
+        model = self.state.model
+        tokens = len(sample.pairs[0].clean) + len(sample.pairs[0].answer)  # about, per prompt
+        width = model.card.d_model * (2 * model.card.n_layers + 2) if model else 0
+        cost = f", about {3 * n * tokens * width * 4 / 2**30:,.1f} GiB of cached activations" \
+            if width else ""
+        raise WorkbenchError(f"n={n:,} prompts is over the limit of {limit:,}{cost}: use a "
+                             f"smaller n, or raise the limit (WORKBENCH_MAX_PROMPTS={n} or "
+                             "max_prompts in settings.toml)")
+
     def _prompts(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        return self._set_prompts(PromptSet.load_jsonl(Path(cmd.args[0])))
+        prompts = PromptSet.load_jsonl(Path(cmd.args[0]))
+        self._check_size(len(prompts), prompts)
+        check_alphabet(prompts, self.state.model)
+        return self._set_prompts(prompts)
 
     def _set_prompts(self, prompts: PromptSet) -> tuple[dict[str, Any], Any]:
         model = self._model()
@@ -218,18 +268,16 @@ class Session:
                 "answer": "".join(first.answer), "corrupted": first.corrupted}, prompts
 
     def _metric(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        name = cmd.args[0]
-        if name not in METRICS and name not in self.metric_fns:
-            raise WorkbenchError(f"unknown metric {name!r}: choose one of "
-                                 + ", ".join([*METRICS, *self.metric_fns]))
-        self.state = replace(self.state, metric=name)
-        return {"metric": name}, None
+        found = get_metric(cmd.args[0], self.metric_fns)
+        self.state = replace(self.state, metric=found.name)
+        return {"metric": found.name}, None
 
     def _ablate(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         engine = self.engine()
         mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
         pos = cmd.option("pos")
-        new = [Ablation(t, mode) for t in self._targets(cmd.args, engine.graph, pos)]
+        targets = dict.fromkeys(self._targets(cmd.args, engine.graph, pos))  # a0.0 a0.0: once
+        new = [Ablation(t, mode) for t in targets]
         names = {str(a.target) for a in new}
         kept = tuple(a for a in self.state.ablations if str(a.target) not in names)
         ablations = kept + tuple(new)
@@ -250,7 +298,7 @@ class Session:
         return self._perf_out(), None
 
     def _perf(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        return self._perf_out(), None
+        return self._perf_out(cmd.option("metric")), None
 
     def _run(self, cmd: Command, progress: Callable[[float, str], None] | None,
              cancelled: Callable[[], bool] | None) -> tuple[dict[str, Any], Any]:
@@ -267,12 +315,16 @@ class Session:
                       metric=self.state.metric, mode=self.state.mode,  # type: ignore[arg-type]
                       graph=engine.graph, engine=engine, ablations=self.state.ablations,
                       progress=progress or (lambda f, m: None),
-                      cancelled=cancelled or (lambda: False))
+                      cancelled=cancelled or (lambda: False), metrics=self.metrics)
+        _check_work(tech, ctx, params)
         result = tech.run(ctx, params)
         rid = f"r{self.state.n_results + 1}"
         self.state = replace(self.state, results=self.state.results + ((rid, result),),
                              n_results=self.state.n_results + 1)
         out = {"id": rid, "technique": name, **result.summary()}
+        used = getattr(result, "metric", None)
+        if used is not None:
+            out["metric"] = used  # the metric the technique scored with
         tensors = _tensors_of(result)
         if tensors and self.path is not None:
             out["tensors"] = save_tensors(self.path, rid, tensors)
@@ -284,9 +336,9 @@ class Session:
         if first.startswith("r") and first[1:].isdigit():
             top, threshold = cmd.option("top"), cmd.option("threshold")
             result = self.state.result(first)
-            circuit = select_circuit(result, engine.graph,
-                                     top=int(top) if top else None,
-                                     threshold=float(threshold) if threshold else None)
+            chosen = select(result, engine.graph, top=int(top) if top else None,
+                            threshold=float(threshold) if threshold else None)
+            circuit, dropped, note = chosen.circuit, chosen.dropped, chosen.note
             level = "node" if result.kind == "node_scores" else "edge"
         else:
             targets = self._targets(cmd.args, engine.graph, None)
@@ -296,12 +348,18 @@ class Session:
                                      "select r<n> top=K picks edges from edge scores")
             nodes = [n.base() for n in targets]
             circuit, level = Circuit.from_nodes(nodes, engine.graph), "node"
+            dropped, note = 0, ""
         cid = f"c{self.state.n_circuits + 1}"
         circuit = Circuit(circuit.nodes, circuit.edges, circuit.scores, name=cid)
         self.state = replace(self.state, circuits=self.state.circuits + (
             (cid, NamedCircuit(circuit, level)),), n_circuits=self.state.n_circuits + 1)
-        return {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
-                "edges": len(circuit.edges)}, circuit
+        out = {"id": cid, "level": level, "nodes": [str(n) for n in circuit.nodes],
+               "edges": len(circuit.edges)}
+        if dropped:  # edge scores: chosen edges cut off from input or logits
+            out["dropped"] = dropped
+        if note:
+            out["note"] = note
+        return out, circuit
 
     def _check(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         named = self.state.circuit(cmd.args[0])
@@ -309,7 +367,7 @@ class Session:
         mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
         level = cmd.option("level") or named.level
         logits = engine.circuit_logits(named.circuit, mode, level)
-        perf = self._perf_of(engine, logits, mode)
+        perf = self._perf_of(engine, logits, mode, cmd.option("metric"))
         return {"id": cmd.args[0], "level": level, "mode": mode, **_perf_json(perf)}, perf
 
     def _compare(self, cmd: Command) -> tuple[dict[str, Any], Any]:
@@ -324,26 +382,43 @@ class Session:
                 "jaccard_edges": round(diff.jaccard_edges, 6)}, diff
 
     def _export(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        circuit = self.state.circuit(cmd.args[0]).circuit
-        Path(cmd.args[1]).parent.mkdir(parents=True, exist_ok=True)  # like save: out/ may be new
-        path = export(circuit, Path(cmd.args[1]))
-        return {"id": cmd.args[0], "path": str(path)}, path
+        target = cmd.args[0]
+        figure = figure_of(self.state.result(target)) if target.startswith("r") else None
+        circuit = self.state.circuit(target).circuit if figure is None else None
+        found = self.writes.target(cmd.args[1])
+        out: dict[str, Any] = {"id": target, "path": cmd.args[1]}
+        if found is None:  # a reopened session's recorded export: not repeated
+            return {**out, "written": None}, None
+        dest = _new_folder(found)  # like save: out/ may be new
+        if circuit is not None and cmd.args[1].lower().endswith(".pdf"):
+            figure = CircuitFig(circuit.name or target, circuit)
+        if figure is not None:
+            path = save_figure(figure, dest)
+        else:
+            assert circuit is not None
+            path = export(circuit, dest)
+        return ({**out, "written": str(path)} if str(path) != cmd.args[1] else out), path
 
     def _save(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        target = Path(cmd.args[0])
+        found = self.writes.target(cmd.args[0])
+        out: dict[str, Any] = {"path": cmd.args[0], "commands": len(self.outcomes)}
+        if found is None:
+            return {**out, "written": None}, None
+        target = _new_folder(found)
+        if str(target) != cmd.args[0]:
+            out["written"] = str(target)
+        if self.path is not None and target.resolve() == self.path.resolve():
+            raise WorkbenchError(f"save: {target} is this session's own log; choose another path")
         if self.path is None or not self.path.exists():
             # No log file (a notebook session, a replay without --log): write it from memory.
-            log = SessionLog(target)
-            log.start(self._header())
-            for outcome in self.outcomes:
-                log.append(_entry(outcome))
-            return {"path": str(target), "commands": len(self.outcomes)}, None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = self.path.read_text()
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-        return {"path": str(target), "commands": len(self.outcomes)}, None
+            lines = [self._header().to_json(), *(_entry(o).to_json() for o in self.outcomes
+                                                 if o.n > 0)]
+            text = "".join(json.dumps(line, ensure_ascii=False, separators=(", ", ": "))
+                           + "\n" for line in lines)
+        else:
+            text = self.path.read_text(encoding="utf-8")
+        write_atomic(target, text)
+        return out, None
 
     def _undo_redo(self, verb: str) -> dict[str, Any]:
         source, sink = (self.undo_stack, self.redo_stack) if verb == "undo" else \
@@ -391,43 +466,29 @@ class Session:
             out.extend(nodes)
         return out
 
-    def _perf_of(self, engine: AblationEngine, logits: Tensor, mode: Mode) -> Perf:
-        name = self.state.metric
-        if name in self.metric_fns:
-            fn = self.metric_fns[name]
-            value = float(fn(logits, engine.enc).float().mean())
-            full = float(fn(engine.clean_logits, engine.enc).float().mean())
-            empty = float(fn(engine.empty_logits(mode), engine.enc).float().mean())
-            from workbench.metrics import performance
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """Every metric a command may name: the built-ins and the session's own (which win)."""
+        return {**BUILTIN_METRICS, **self.metric_fns}
 
-            return Perf(performance(value, full, empty), name, value, full, empty,
-                        Report.of(logits, engine.enc))
-        return engine.perf(logits, name, mode)  # type: ignore[arg-type]
+    def _perf_of(self, engine: AblationEngine, logits: Tensor, mode: Mode,
+                 name: str | None = None) -> Perf:
+        return engine.perf(logits, get_metric(name or self.state.metric, self.metric_fns), mode)
 
-    def _perf_out(self) -> dict[str, Any]:
+    def _perf_out(self, name: str | None = None) -> dict[str, Any]:
         engine = self.engine()
-        perf = self._perf_of(engine, engine.logits(self.state.ablations), self.state.mode)
+        perf = self._perf_of(engine, engine.logits(self.state.ablations), self.state.mode, name)
         return {"ablated": [f"{a.target}" + (f" {a.mode}" if a.mode != self.state.mode else "")
                             for a in self.state.ablations], "mode": self.state.mode,
                 **_perf_json(perf)}
 
     # -- the log -----------------------------------------------------------------------------
 
-    def _header_model(self) -> str | None:
-        """The model the log's header names (None until the log knows one)."""
-        if self._log is None or self.path is None or not self.path.exists():
-            return None
-        return self._log.header().model_source
-
-    def _start_log(self, keep_entries: bool = False) -> None:
-        if self._log is None:
-            return
-        header = self._header()
-        entries = self._log.entries() if keep_entries and self.path and self.path.exists() \
-            else []
-        self._log.start(header)
-        for entry in entries:
-            self._log.append(entry)
+    def _start_log(self) -> None:
+        """Start a new log. A header written before a `load` names no model: replay then
+        runs the recorded `load` (the log is append-only, so the header is never rewritten)."""
+        if self._log is not None:
+            self._log.start(self._header())
 
     def _header(self) -> Header:
         model = self.state.model
@@ -437,7 +498,7 @@ class Session:
                       device=model.card.device if model else self.device, seed=self.seed)
 
     def _append_log(self, outcome: Outcome) -> None:
-        if self._log is None or outcome.n == 0:
+        if self._log is None or outcome.n == 0 or not self.recording:
             return
         self._log.append(_entry(outcome))
 
@@ -445,6 +506,30 @@ class Session:
 def _entry(outcome: Outcome) -> Entry:
     return Entry(n=outcome.n, cmd=outcome.cmd, ok=outcome.ok, out=_json_safe(outcome.out),
                  error=outcome.error, digest=outcome.digest, seconds=round(outcome.seconds, 4))
+
+
+def _check_work(tech: Technique, ctx: Context, params: Any) -> None:
+    """Refuse a run whose estimated cost is past `settings.max_work`, before it starts."""
+    if tech.estimate is None:
+        return
+    per_prompt = float(tech.estimate(ctx, params))
+    work, limit = per_prompt * len(ctx.prompts), settings.current().max_work
+    if work > limit:
+        raise WorkbenchError(
+            f"run {tech.name}: about {work:,.0f} prompt forward passes ({per_prompt:,.0f} FE "
+            f"x {len(ctx.prompts):,} prompts; {tech.cost}) is over the limit of {limit:,}: use "
+            f"fewer prompts (task ... n=) or smaller options, or raise the limit "
+            f"(WORKBENCH_MAX_WORK={int(work) + 1} or max_work in settings.toml)")
+
+
+def _new_folder(path: Path) -> Path:
+    """`path`, with its folder created when missing (exports often go to a new `out/`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkbenchError(f"cannot create folder '{path.parent}': "
+                             f"{exc.strerror or exc}; choose a folder you can write to") from None
+    return path
 
 
 def _perf_json(perf: Perf) -> dict[str, Any]:

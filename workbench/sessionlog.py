@@ -4,18 +4,24 @@ Where it sits: `Session.execute` appends one `Entry` per command after it runs; 
 reads the log back (or a plain-text script of command lines) and re-executes it, comparing each
 entry's `digest` with the new result's to check determinism.
 
-Format (version 1):
-    line 1      {"type": "header", "format": 1, "workbench": "0.1.0",
+Format (version 2; version 1 files are read too):
+    line 1      {"type": "header", "format": 2, "workbench": "0.1.0",
                  "model": {"source": ..., "sha256": ...},
-                 "device": ..., "seed": ..., "created": ...}
+                 "device": ..., "seed": ..., "created": ..., "check": "..."}
     line 2..    {"type": "command", "n": 1, "cmd": "...", "ok": true, "out": {...},
-                 "error": null, "digest": "...", "seconds": 0.12}
+                 "error": null, "digest": "...", "seconds": 0.12, "check": "..."}
     beside it   <log stem>.tensors/<name>.safetensors
 
-Invariants: every write replaces the whole file atomically (temp file in the same directory, then
-`os.replace`), so a crash leaves either the old log or the new one, never half a line. Appending
-rewrites the file, which is O(log size); logs hold hundreds of commands, not millions. Nothing
-here pickles; torch and safetensors are imported only inside the tensor helpers.
+`digest` is the digest of `out` exactly as stored (minus `VOLATILE` keys, which depend on where
+the log lives, not on the result): replay compares it with the re-executed command's and checks
+it against the stored `out`. `check` is the digest of the whole line without itself, so any edit
+of a line (an `out` value, `ok`, an error, the header's seed) is reported by `verify`.
+
+Invariants: the file is append-only in fact: `start` writes a new file atomically (temp file,
+then `os.replace`), `append` adds one line with one `write` and fsync, and nothing ever rewrites
+a line already written. A crash can at worst tear the last line; the next `append` cuts that
+torn tail (it was never a whole record) and readers ignore it. Nothing here pickles; torch and
+safetensors are imported only inside the tensor helpers.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
+from workbench.files import append_line, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -44,13 +50,15 @@ __all__ = [
     "SessionLog",
     "default_session_path",
     "digest",
+    "digest_out",
     "is_jsonl_session",
     "load_tensors",
     "read_script",
     "save_tensors",
 ]
 
-FORMAT = 1
+FORMAT = 2
+VOLATILE = frozenset({"tensors", "written"})  # out keys that depend on where files go
 _TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -69,9 +77,10 @@ class Header:
     seed: int | None = None
     created: str = field(default_factory=_now_iso)
     format: int = FORMAT
+    check: str | None = field(default=None, compare=False)  # as read (None: format 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return _checked({
             "type": "header",
             "format": self.format,
             "workbench": self.workbench,
@@ -79,7 +88,7 @@ class Header:
             "device": self.device,
             "seed": self.seed,
             "created": self.created,
-        }
+        })
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Header:
@@ -98,6 +107,7 @@ class Header:
             seed=_field(obj, "seed", int, optional=True),
             created=_field(obj, "created", str),
             format=fmt,
+            check=_field(obj, "check", str, optional=True) if "check" in obj else None,
         )
 
 
@@ -112,9 +122,12 @@ class Entry:
     error: str | None
     digest: str | None
     seconds: float
+    check: str | None = field(default=None, compare=False)  # as read (None: format 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "command", **asdict(self)}
+        body = {"type": "command", **asdict(self)}
+        del body["check"]
+        return _checked(body)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Entry:
@@ -129,7 +142,21 @@ class Entry:
             error=_field(obj, "error", str, optional=True),
             digest=_field(obj, "digest", str, optional=True),
             seconds=float(_field(obj, "seconds", (int, float))),
+            check=_field(obj, "check", str, optional=True) if "check" in obj else None,
         )
+
+
+def _checked(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` plus its `check`: the digest of the line without the check itself."""
+    return {**body, "check": digest(body)}
+
+
+def line_problem(obj: dict[str, Any]) -> str | None:
+    """Why a decoded format-2 line fails its integrity checks, or None when it passes."""
+    body = {k: v for k, v in obj.items() if k != "check"}
+    if obj.get("check") != digest(body):
+        return "it was edited after it was written (its check digest differs)"
+    return None
 
 
 def _field(
@@ -151,72 +178,85 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old content or the new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class SessionLog:
     """A session log file: `start` it with a header, then `append` one entry per command."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._lines: list[str] | None = None  # the file's lines, loaded lazily
+        self._checked = False  # the existing file was validated (and a torn tail cut)
 
     def start(self, header: Header) -> None:
-        """Create (or overwrite) the log with just the header line."""
-        self._lines = [_dumps(header.to_json())]
-        self._write()
+        """Create (or replace) the log with just the header line, atomically."""
+        write_atomic(self.path, _dumps(header.to_json()) + "\n", mkdir=True)
+        self._checked = True
 
     def append(self, entry: Entry) -> None:
-        """Add one command line; the whole file is rewritten atomically."""
-        lines = self._load()
+        """Add one command line at the end; lines already written are never touched."""
         try:
             line = _dumps(entry.to_json())
         except ValueError as exc:  # NaN/inf in `out`: not valid JSON
             raise WorkbenchError(f"cannot log command {entry.n}: {exc}") from None
-        lines.append(line)
-        try:
-            self._write()
-        except BaseException:
-            lines.pop()
-            raise
+        if not self._checked:
+            self._attach()
+        append_line(self.path, line)
 
     def header(self) -> Header:
-        return _parse_lines(self.path, self._load())[0]
+        return self.read(self.path)[0]
 
     def entries(self) -> list[Entry]:
-        return _parse_lines(self.path, self._load())[1]
+        return self.read(self.path)[1]
 
-    def _load(self) -> list[str]:
-        """The file's non-blank lines, read (and validated) once when it was not started here."""
-        if self._lines is None:
-            if not self.path.exists():
-                raise WorkbenchError(f"session log {self.path} has not been started")
-            lines = _read_text(self.path).splitlines()
-            _parse_lines(self.path, lines)  # refuse to extend a corrupt log
-            self._lines = [ln for ln in lines if ln.strip()]
-        return self._lines
-
-    def _write(self) -> None:
-        assert self._lines is not None
-        _atomic_write(self.path, "\n".join(self._lines) + "\n")
+    def _attach(self) -> None:
+        """Validate an existing log before extending it, and cut a torn last line."""
+        if not self.path.exists():
+            raise WorkbenchError(f"session log {self.path} has not been started")
+        raw = _read_text(self.path)
+        _parse_lines(self.path, raw.splitlines(), torn=_torn(raw))  # refuse a corrupt log
+        if _torn(raw):
+            keep = raw.rfind("\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(len(raw[:keep].encode("utf-8")))
+        self._checked = True
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> tuple[Header, list[Entry]]:
         """Read a log; `WorkbenchError` names the file, line number and reason for a bad line."""
         p = Path(path)
-        return _parse_lines(p, _read_text(p).splitlines())
+        raw = _read_text(p)
+        return _parse_lines(p, raw.splitlines(), torn=_torn(raw))
+
+    @staticmethod
+    def verify(path: str | os.PathLike[str]) -> list[str]:
+        """One line per integrity problem of a log (edited lines); empty when it is intact."""
+        p = Path(path)
+        raw = _read_text(p)
+        lines = [(i, ln) for i, ln in enumerate(raw.splitlines(), start=1) if ln.strip()]
+        if _torn(raw):
+            lines = lines[:-1]
+        problems: list[str] = []
+        if not lines:
+            return problems
+        first = json.loads(lines[0][1])
+        if first.get("format", 1) < 2:
+            return [f"{p} is format {first.get('format', 1)}: its lines carry no check "
+                    "digests, so edits cannot be detected (save it again to upgrade)"]
+        for lineno, line in lines:
+            why = line_problem(json.loads(line))
+            if why is not None:
+                problems.append(f"{p}, line {lineno}: {why}")
+        return problems
+
+
+def _torn(raw: str) -> bool:
+    """Whether the text ends in a line that was never finished (a crash mid-append)."""
+    if not raw or raw.endswith("\n"):
+        return False
+    last = raw.rsplit("\n", 1)[-1]
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        return True
+    return False
 
 
 def _read_text(path: Path) -> str:
@@ -224,13 +264,20 @@ def _read_text(path: Path) -> str:
         return path.read_text("utf-8")
     except FileNotFoundError:
         raise WorkbenchError(f"no such session file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkbenchError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(f"{path} is not a session file (not UTF-8 text at byte "
+                             f"{exc.start}): give a .jsonl session log or a script of "
+                             "commands") from None
+    except OSError as exc:
+        raise WorkbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _parse_lines(path: Path, lines: list[str]) -> tuple[Header, list[Entry]]:
+def _parse_lines(path: Path, lines: list[str], torn: bool = False
+                 ) -> tuple[Header, list[Entry]]:
     header: Header | None = None
     entries: list[Entry] = []
+    if torn:  # the last line was cut short by a crash: it was never a record
+        lines = lines[:-1]
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -296,6 +343,11 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def digest_out(out: dict[str, Any]) -> str:
+    """The digest of a command's stored output, without the keys that depend on file places."""
+    return digest({k: v for k, v in out.items() if k not in VOLATILE})
+
+
 def _tensor_dir(log_path: str | os.PathLike[str]) -> Path:
     p = Path(log_path)
     return p.parent / f"{p.stem}.tensors"
@@ -312,14 +364,8 @@ def save_tensors(
     directory = _tensor_dir(log_path)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.safetensors"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_atomic(target, b"", writer=lambda tmp: save_file(cpu, tmp))
     return f"{directory.name}/{target.name}"
 
 
@@ -342,14 +388,11 @@ def load_tensors(
 
 
 def default_session_path(now: datetime | None = None) -> Path:
-    """A new timestamped log path under `$WORKBENCH_HOME` or the user data dir's `sessions/`."""
-    base = os.environ.get("WORKBENCH_HOME")
-    if not base:
-        import platformdirs
+    """A new timestamped log path in the settings' `sessions/` folder (`WORKBENCH_HOME`...)."""
+    from workbench.settings import current
 
-        base = platformdirs.user_data_dir("circuit-workbench")
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    directory = Path(base).expanduser() / "sessions"
+    directory = current().sessions_dir
     path = directory / f"{stamp}.jsonl"
     k = 2
     while path.exists():  # two sessions started in the same second

@@ -43,7 +43,7 @@ class FinetuneConfig:
     rows: int = _f(100_000, "rows sampled from the data (held-out rows included)")
     text_field: str = _f("text", "the column holding the text")
     eval_rows: int | None = _f(None, "rows held out for validation loss (default: 1%% of "
-                                     "--rows, at most 1000)")
+                                     "the rows read, at most 1000)")
     shuffle_buffer: int = _f(10_000, "shuffle buffer of a streamed hub dataset")
     tokenizer: TokenizerChoice = _f("auto", "auto: tiktoken's GPT-2 encoding for GPT-2 "
                                             "checkpoints, else the checkpoint's own tokenizer")
@@ -92,9 +92,10 @@ class FinetuneConfig:
             raise WorkbenchError("--dropout must be in [0, 1)")
 
     @property
-    def held_out_rows(self) -> int:
-        """`eval_rows`, or its default: 1% of `rows`, at most 1000."""
-        return min(1000, self.rows // 100) if self.eval_rows is None else self.eval_rows
+    def held_out_rows(self) -> int | None:
+        """`eval_rows`, or None: then 1% of the rows actually read is held out, at most 1000
+        (`rows.held_out`), so a small file is not all held out."""
+        return self.eval_rows
 
     @property
     def tokens_per_step(self) -> int:

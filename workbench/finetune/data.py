@@ -30,7 +30,7 @@ from workbench.finetune.codec import Codec
 from workbench.finetune.config import FinetuneConfig
 from workbench.finetune.rows import parse_source, sample
 
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: the default held-out split is 1% of the rows read, not of --rows
 CHUNK_ROWS = 512
 
 
@@ -132,15 +132,15 @@ def window_batch(tokens: np.ndarray, starts: list[int], block_size: int
 class Batches:
     """Training micro-batches in a seeded random window order, epoch after epoch; resumable."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, micro_batch: int, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray, block_size: int, micro_batch: int, seed: int,
+                 advice: str = "raise --rows, or lower --block-size or --micro-batch") -> None:
         self.tokens, self.block_size, self.micro_batch, self.seed = (
             tokens, block_size, micro_batch, seed)
         self.n_windows = n_windows(tokens, block_size)
         if self.n_windows < micro_batch:
             raise WorkbenchError(
                 f"the training split has {len(tokens)} tokens, {self.n_windows} windows of "
-                f"{block_size + 1}; need at least --micro-batch {micro_batch}: raise --rows or "
-                "lower --block-size")
+                f"{block_size + 1}; need at least --micro-batch {micro_batch}: {advice}")
         self.seek(0, 0)
 
     @property

@@ -218,13 +218,22 @@ def _autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.Abstr
     return torch.autocast(device_type=device.type, dtype=amp)
 
 
+def _advice(cfg: FinetuneConfig, data: TokenSplits) -> str:
+    """What to change when the training split is too small, from the rows actually read."""
+    read = data.meta.get("train_rows", 0) + data.meta.get("val_rows", 0)
+    fix = "lower --block-size or --micro-batch"
+    if read < cfg.rows:  # the data ran out before --rows: raising it cannot help
+        return f"the data has only {read:,} rows (--rows {cfg.rows:,}): give more text, or {fix}"
+    return f"raise --rows (now {cfg.rows:,}), or {fix}"
+
+
 def _train(cfg: FinetuneConfig, out: Path, weights: Path, codec: Codec, data: TokenSplits,
            state: ckpt.RunState | None, tracker: Tracker, device: torch.device,
            amp: torch.dtype | None) -> FinetuneResult:
     torch.manual_seed(cfg.seed)
     model = load_for_training(weights, cfg.dropout, device)
     optimizer = make_optimizer(model, cfg, device)
-    batches = Batches(data.train, cfg.block_size, cfg.micro_batch, cfg.seed)
+    batches = Batches(data.train, cfg.block_size, cfg.micro_batch, cfg.seed, _advice(cfg, data))
     step, tokens = 0, 0
     if state is not None:
         ckpt.restore(out / ckpt.CHECKPOINT_DIR, optimizer)

@@ -1,7 +1,8 @@
 """Where fine-tuning text comes from: a hub dataset streamed with `datasets`, or a local file.
 
 `sample(source, ...)` yields `(split, text)` for a random sample of `rows` rows, `eval_rows` of
-them with split "val" and the rest "train":
+them with split "val" and the rest "train" (`eval_rows=None`: 1% of the rows actually read, at
+most 1000, so a file smaller than `--rows` is not held out whole):
 1. a hub dataset (`NAME[:CONFIG]`) is streamed (`load_dataset(..., streaming=True)`), shuffled
    with a seeded buffer (`.shuffle(seed, buffer_size)`: shard order plus a buffer, the usual
    approximation of a random sample of a stream) and cut with `.take(rows)`; the first
@@ -58,7 +59,12 @@ def parse_source(spec: str) -> Source:
     return Source("hub", name, config or None)
 
 
-def sample(source: Source, rows: int, eval_rows: int, seed: int, text_field: str,
+def held_out(n_rows: int) -> int:
+    """The default validation rows for `n_rows` rows read: 1%, at most 1000."""
+    return min(1000, n_rows // 100)
+
+
+def sample(source: Source, rows: int, eval_rows: int | None, seed: int, text_field: str,
            shuffle_buffer: int) -> Iterator[tuple[Split, str]]:
     """(split, text) for each sampled row, in a fixed order for fixed arguments."""
     if source.kind == "hub":
@@ -70,7 +76,7 @@ def sample(source: Source, rows: int, eval_rows: int, seed: int, text_field: str
 # --- hub ----------------------------------------------------------------------------------
 
 
-def _hub(source: Source, rows: int, eval_rows: int, seed: int, text_field: str,
+def _hub(source: Source, rows: int, eval_rows: int | None, seed: int, text_field: str,
          shuffle_buffer: int) -> Iterator[tuple[Split, str]]:
     stream = _open_stream(source)
     features = getattr(stream, "features", None)
@@ -78,8 +84,11 @@ def _hub(source: Source, rows: int, eval_rows: int, seed: int, text_field: str,
         raise _no_column(source.describe(), text_field, list(features))
     stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer).take(rows)
     for i, row in enumerate(_guarded(stream, source)):
-        yield ("val" if i < eval_rows else "train"), _text(row, text_field, source.describe(),
-                                                             f"row {i}")
+        # Without --eval-rows the stream's length is unknown: every 100th row is held out
+        # (1% of what is read, at most 1000), never the first thousand of a short stream.
+        val = i < eval_rows if eval_rows is not None else i % 100 == 99 and i < 100_000
+        yield ("val" if val else "train"), _text(row, text_field, source.describe(),
+                                                 f"row {i}")
 
 
 def _open_stream(source: Source) -> Any:
@@ -115,7 +124,7 @@ def _guarded(stream: Any, source: Source) -> Iterator[dict[str, Any]]:
 # --- local files --------------------------------------------------------------------------
 
 
-def _local(source: Source, rows: int, eval_rows: int, seed: int, text_field: str
+def _local(source: Source, rows: int, eval_rows: int | None, seed: int, text_field: str
            ) -> Iterator[tuple[Split, str]]:
     path = Path(source.name)
     reader = _jsonl_rows if source.kind == "jsonl" else _parquet_rows
@@ -123,11 +132,15 @@ def _local(source: Source, rows: int, eval_rows: int, seed: int, text_field: str
     if total == 0:
         raise WorkbenchError(f"{path} holds no rows")
     chosen = sorted(random.Random(seed).sample(range(total), min(rows, total)))
-    held_out = set(random.Random(seed + 1).sample(chosen, min(eval_rows, len(chosen))))
+    n_val = held_out(len(chosen)) if eval_rows is None else eval_rows
+    if n_val >= len(chosen):
+        raise WorkbenchError(f"--eval-rows {n_val} holds out every row: {path} has "
+                             f"{total:,} rows; lower --eval-rows or give more data")
+    val_rows = set(random.Random(seed + 1).sample(chosen, n_val))
     wanted = set(chosen)
     for index, where, row in reader(path, text_field):
         if index in wanted:
-            yield ("val" if index in held_out else "train"), _text(row, text_field, str(path),
+            yield ("val" if index in val_rows else "train"), _text(row, text_field, str(path),
                                                                      where)
 
 

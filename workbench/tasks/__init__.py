@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.ranges import Range
 from workbench.tasks.arithmetic import Addition, Multiplication
 from workbench.tasks.base import PromptPair, PromptSet, Task
 from workbench.tasks.sequence import GreaterThan, SequenceContinuation
@@ -30,7 +32,7 @@ def make_task(name: str, **options: Any) -> Task:
         fix = f"did you mean {hint[0]}?" if hint else "choose one of " + ", ".join(TASKS)
         raise WorkbenchError(f"unknown task {name!r}: {fix}")
     cls = TASKS[name]
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
     typed = {}
     for key, value in options.items():
@@ -43,10 +45,21 @@ def make_task(name: str, **options: Any) -> Task:
 
 
 def coerce(value: Any, hint: Any, what: str) -> Any:
-    """Turn a `key=value` string into the annotated type (int, float, bool, str, Literal)."""
+    """Turn a `key=value` string into the annotated type (int, float, bool, str, Literal).
+
+    Numbers must be finite and written in ASCII (`nan`, `inf`, `1e999` and full-width digits
+    are refused); `Annotated[T, Range(lo, hi)]` also checks the range.
+    """
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        typed = coerce(value, base, what)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(typed, what)
+        return typed
     if not isinstance(value, str):
         return value
-    origin = typing.get_origin(hint)
     if origin is typing.Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -63,7 +76,13 @@ def coerce(value: Any, hint: Any, what: str) -> Any:
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
         if hint in (int, float):
-            return hint(value)
+            if not value.isascii():
+                raise ValueError
+            number = hint(value)
+            if not math.isfinite(number):
+                raise WorkbenchError(f"{what} = {value} is not a finite number: give one like "
+                                     "0.01")
+            return number
     except ValueError:
         raise WorkbenchError(f"{what} expects {hint.__name__}, got {value!r}") from None
     return value

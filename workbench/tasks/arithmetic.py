@@ -30,6 +30,7 @@ CORRUPTIONS = ("random_operands", "random_digit", "repeated_digits", "shuffled_o
 class _Binary(Task):
     digits: int = 3
     symbol: ClassVar[str] = "+"
+    symbols: ClassVar[str | None] = "+="
     op: ClassVar[Callable[[int, int], int]] = operator.add
     corruptions: ClassVar[tuple[str, ...]] = CORRUPTIONS
 
@@ -93,6 +94,7 @@ class Multiplication(_Binary):
 
     name: ClassVar[str] = "multiplication"
     symbol: ClassVar[str] = "*"
+    symbols: ClassVar[str | None] = "*="
     op: ClassVar[Callable[[int, int], int]] = operator.mul
     digits: int = 2
 

@@ -73,8 +73,15 @@ class PromptSet:
         path = Path(path)
         if not path.is_file():
             raise WorkbenchError(f"prompt file {path} does not exist: check the path")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise WorkbenchError(f"{path} is not UTF-8 text (byte {exc.start} cannot be read): "
+                                 "give a JSONL file of prompt pairs") from None
+        except OSError as exc:
+            raise WorkbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
         pairs = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 pairs.append(_pair_from_line(line, path, number))
         if not pairs:
@@ -128,7 +135,15 @@ class Task:
 
     name: ClassVar[str] = ""
     corruptions: ClassVar[tuple[str, ...]] = ()
+    symbols: ClassVar[str | None] = None  # the characters besides digits (None: free text)
     style: Style = "digits"
+
+    def alphabet(self) -> frozenset[str] | None:
+        """Every character this task's prompts and answers use, or None for free text; a
+        prompt file for the task is checked against it."""
+        if self.symbols is None:
+            return None
+        return frozenset("0123456789 " + self.symbols)
 
     def pairs(self, n: int, seed: int = 0, corrupt: str | None = None, split: Split = "all"
               ) -> tuple[PromptPair, ...]:

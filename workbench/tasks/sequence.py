@@ -24,6 +24,7 @@ from workbench.tasks.base import PromptPair, Task
 @dataclass(frozen=True)
 class SequenceContinuation(Task):
     name: ClassVar[str] = "sequence"
+    symbols: ClassVar[str | None] = ","
     corruptions: ClassVar[tuple[str, ...]] = ("repeated_digits", "random_digit",
                                               "shuffled_operands")
     width: int = 1
@@ -65,6 +66,7 @@ class SequenceContinuation(Task):
 @dataclass(frozen=True)
 class GreaterThan(Task):
     name: ClassVar[str] = "greater_than"
+    symbols: ClassVar[str | None] = ">"
     corruptions: ClassVar[tuple[str, ...]] = ("zero_start", "random_digit")
     century: int = 17
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from textual import on
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 
 from workbench.session import Outcome, Session
@@ -40,10 +40,11 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.palette import VerbCommands
 from workbench.tui.panes.graph_view import GraphView
-from workbench.tui.panes.head_grid import HeadGrid
+from workbench.tui.panes.head_grid import GridPane, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane
 from workbench.tui.panes.prompts import PromptsPane
@@ -56,8 +57,7 @@ log = logging.getLogger(__name__)
 
 CSS = """
 #main { height: 1fr; }
-#left { width: 44; border-right: solid $primary; overflow-y: auto; }
-#grid-box { height: auto; max-height: 55%; overflow: auto auto; }
+#left { width: 44; max-width: 45%; border-right: solid $primary; overflow-y: auto; }
 #right { width: 1fr; }
 #status-row { height: 1; background: $panel; }
 #status { width: 1fr; padding: 0 1; color: $text-muted; }
@@ -90,8 +90,7 @@ class WorkbenchApp(SessionRunner):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                with ScrollableContainer(id="grid-box"):
-                    yield HeadGrid(id="grid")
+                yield GridPane(id="grid-box")
                 yield PerformancePane(id="perf")
             with TabbedContent(id="right", initial="prompts"):
                 with TabPane("model & prompts", id="prompts"):
@@ -99,8 +98,7 @@ class WorkbenchApp(SessionRunner):
                 with TabPane("results", id="results"):
                     yield ResultsPane(id="results-pane")
                 with TabPane("graph", id="graph"):
-                    with VerticalScroll():
-                        yield GraphView(id="graph-view")
+                    yield GraphView(id="graph-view")
         with Horizontal(id="status-row"):
             yield Static("starting...", id="status")
             yield ProgressBar(id="progress", show_eta=False)
@@ -113,7 +111,7 @@ class WorkbenchApp(SessionRunner):
         for problem in self._key_problems:
             self.notify(problem, severity="warning")
         self.query_one(HeadGrid).focus()
-        self._boot()
+        self.boot()
 
     def on_booted(self, message: Booted) -> None:
         self.session = message.session
@@ -122,11 +120,24 @@ class WorkbenchApp(SessionRunner):
         last = message.outcomes[-1] if message.outcomes else None
         if last is not None and not last.ok:  # e.g. the model did not load
             self.notify(one_line(f"{last.cmd}: {last.error}"), severity="error")
+        for notice in message.notices:  # e.g. a refused --session: a fresh session instead
+            self.notify(one_line(notice), severity="warning", timeout=15)
+            self.query_one(LogPane).note(one_line(notice))
         self._apply(message.snapshot)
-        self.ready = True
+        self.ready = True  # the grid and the keys work; performance follows (ViewsReady)
+        self._status("measuring performance...")
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        try:
+            self._apply(message.snapshot)
+        except Exception as exc:
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the state: " + crash_report(
+                exc, "showing the first views")), severity="error")
         self._status("ready")
         self._set_running(False)
-        self._start_drain()
+        super().on_views_ready(message)
 
     def on_boot_failed(self, message: BootFailed) -> None:
         self._set_running(False)
@@ -161,11 +172,14 @@ class WorkbenchApp(SessionRunner):
             self._record(message.outcome)
             self._apply(message.snapshot)
         except Exception as exc:
-            log.exception("showing %r failed", message.outcome.cmd)
-            self.notify(one_line(f"cannot show the result: {exc}"), severity="error")
+            from workbench.errors import crash_report
+
+            self.notify(one_line("cannot show the result: " + crash_report(
+                exc, f"showing {message.outcome.cmd[:200]!r}")), severity="error")
         if not self._queue:
             self._set_running(False)
             self._status("ready")
+            self.query_one(HeadGrid).settle()
 
     def on_prompts_ready(self, message: PromptsReady) -> None:
         if self.snapshot is not None and message.snapshot.key == self.snapshot.key:
@@ -215,7 +229,9 @@ class WorkbenchApp(SessionRunner):
         if self.selected_result not in ids:
             self.selected_result = ids[-1] if ids else None
         result = dict(state.results).get(self.selected_result or "")
-        self.query_one(HeadGrid).show(grid_view(state, result), "no model: try  load add3")
+        grid = self.query_one(HeadGrid)
+        grid.show(grid_view(state, result), "no model: try  load add3")
+        self.query_one("#left").styles.width = max(44, grid.wanted_width())  # CSS caps it
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
@@ -274,6 +290,18 @@ class WorkbenchApp(SessionRunner):
     def _toggle(self, message: HeadGrid.Toggled) -> None:
         self.submit(f"{'restore' if message.ablated else 'ablate'} {message.node}")
 
+    @on(HeadGrid.AblateShown)
+    def _ablate_shown(self, message: HeadGrid.AblateShown) -> None:
+        self.submit("ablate " + " ".join(message.nodes))
+
+    @on(HeadGrid.Said)
+    def _grid_said(self, message: HeadGrid.Said) -> None:
+        self._status(message.text)
+
+    def action_search_results(self) -> None:
+        self.query_one(TabbedContent).active = "results"
+        self.query_one("#result-search").focus()
+
     @on(CommandLine.Entered)
     def _entered(self, message: CommandLine.Entered) -> None:
         self.submit(message.line)
@@ -285,6 +313,7 @@ class WorkbenchApp(SessionRunner):
         self._status("  ".join(words[:12]) + more)
 
     @on(CommandLine.Left)
+    @on(ResultsPane.Left)
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 

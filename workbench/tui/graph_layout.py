@@ -17,7 +17,9 @@ stepping through it visits the picture from top-left to bottom-right.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from workbench.graph import Circuit, Edge, Node
@@ -62,6 +64,39 @@ class GraphLayout:
             outgoing.update(d["edge"] for *_, d in g.out_edges(name, data=True))
         return (tuple(sorted(incoming, key=Edge.sort_key)),
                 tuple(sorted(outgoing, key=Edge.sort_key)))
+
+    @cached_property
+    def nodes(self) -> dict[str, LaidNode]:
+        return {n.name: n for _, nodes in self.rows for n in nodes}
+
+    @cached_property
+    def n_edges(self) -> int:
+        """Edges in the picture: the union over the circuits (an edge in both counts once)."""
+        return len(self._edge_union)
+
+    @cached_property
+    def _edge_union(self) -> dict[tuple[str, str, str], float | None]:
+        union: dict[tuple[str, str, str], float | None] = {}
+        for circuit in self.circuits:
+            for src, dst, port, score in circuit.digraph.edges(keys=True, data="score"):
+                if union.get((src, dst, port)) is None:
+                    union[(src, dst, port)] = score
+        return union
+
+    def top_edges(self, k: int) -> list[tuple[str, str, str, float | None]]:
+        """At most `k` edges (source, receiver, port, score) to draw: the largest |score| first,
+        unscored edges after them in topological order; returned in topological order."""
+        union = self._edge_union
+        nodes = self.nodes
+        order = {name: i for i, name in enumerate(self.order)}
+        keys = list(union)
+        if len(keys) > k:
+            keys = heapq.nsmallest(k, keys, key=lambda e: (
+                -abs(union[e] or 0.0), union[e] is None, -order.get(e[0], 0),
+                order.get(e[1], 0), e[2]))
+        keys = [e for e in keys if e[0] in nodes and e[1] in nodes]
+        keys.sort(key=lambda e: (-order.get(e[0], 0), -order.get(e[1], 0), e[2]))
+        return [(*e, union[e]) for e in keys]
 
     def neighbours(self, name: str) -> frozenset[str]:
         incoming, outgoing = self.edges_of(name)

@@ -23,7 +23,6 @@ remapping silently stops applying.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +77,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("app.tab_results", "2", "show_tab('results')", "show the selected result"),
     KeySpec("app.tab_graph", "3", "show_tab('graph')", "show the circuit graph"),
     KeySpec("app.focus_grid", "g", "focus_grid", "focus the head grid"),
+    KeySpec("app.search_results", "ctrl+f", "search_results",
+            "search the selected result's scores by name"),
     KeySpec("app.quit", "ctrl+q", "quit", "quit (the session file is already saved)", True,
             True, short="quit"),
     # head grid (when focused)
@@ -87,11 +88,33 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("grid.right", "right,l", "move(1, 0)", "cursor right a head"),
     KeySpec("grid.toggle", "enter,space", "flip", "ablate / restore the cell under the cursor",
             True, short="toggle"),
+    KeySpec("grid.page_up", "pageup", "page(-1)", "cursor up a screen of layers"),
+    KeySpec("grid.page_down", "pagedown", "page(1)", "cursor down a screen of layers"),
+    KeySpec("grid.first_layer", "home", "edge(False)", "cursor to the first layer shown"),
+    KeySpec("grid.last_layer", "end", "edge(True)", "cursor to the last layer shown"),
+    KeySpec("grid.filter", "slash", "find('filter')",
+            "filter cells by name pattern (a3?.*, m*, a*.3)", True, short="filter"),
+    KeySpec("grid.jump", "number_sign", "find('jump')", "jump to a layer by number"),
+    KeySpec("grid.clear_filter", "escape", "clear_filter", "clear the cell filter"),
+    KeySpec("grid.ablate_shown", "A", "ablate_shown",
+            "ablate every cell the filter shows (one command)"),
     # circuit graph (when focused)
     KeySpec("graph.prev", "left,up", "step(-1)", "select the previous node"),
     KeySpec("graph.next", "right,down", "step(1)", "select the next node"),
     KeySpec("graph.next_circuit", "c", "next_circuit", "show the next circuit", True,
             short="next circuit"),
+    KeySpec("graph.focus", "f", "focus_mode", "dim every edge but the selected node's", True,
+            short="focus"),
+    KeySpec("graph.pan_left", "h", "pan(-8, 0)", "pan the circuit picture left"),
+    KeySpec("graph.pan_right", "l", "pan(8, 0)", "pan the circuit picture right"),
+    KeySpec("graph.pan_up", "k", "pan(0, -4)", "pan the circuit picture up"),
+    KeySpec("graph.pan_down", "j", "pan(0, 4)", "pan the circuit picture down"),
+    KeySpec("graph.zoom_in", "plus,equals_sign", "zoom(1)", "zoom in (wider, taller)", True,
+            short="zoom"),
+    KeySpec("graph.zoom_out", "minus", "zoom(-1)", "zoom out"),
+    KeySpec("graph.zoom_reset", "0", "zoom(0)", "fit the picture to the pane again"),
+    KeySpec("graph.more_edges", "e", "more_edges(2.0)", "draw twice as many edges"),
+    KeySpec("graph.fewer_edges", "E", "more_edges(0.5)", "draw half as many edges"),
     # command line (when focused)
     KeySpec("cmdline.complete", "tab", "complete", "complete verb, node or parameter", True,
             short="complete"),
@@ -114,12 +137,9 @@ def bindings(area: str) -> list[BindingType]:
 
 def keymap_path() -> Path:
     """Where the remapping file is looked for (it need not exist)."""
-    base = os.environ.get("WORKBENCH_HOME")
-    if base:
-        return Path(base).expanduser() / "keys.toml"
-    import platformdirs
+    from workbench.settings import current
 
-    return Path(platformdirs.user_config_dir("circuit-workbench")) / "keys.toml"
+    return current().keys_file  # $WORKBENCH_HOME/keys.toml, else the user config dir
 
 
 def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:

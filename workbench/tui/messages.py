@@ -3,8 +3,9 @@
 Flow: the app queues command lines; its worker thread executes them one at a time through
 `Session.execute` and posts `CommandStarted`, any number of `Progress`, then `CommandFinished`
 (with the outcome and the performance view for the new state) and, when the prompt answers
-changed, `PromptsReady`. Opening the session posts `Booted`
-or `BootFailed`. Tests record these with `App.run_test(message_hook=...)`.
+changed, `PromptsReady`. Opening the session posts `Booted` (model resident: the screen is
+usable) then `ViewsReady` (first performance and prompt views), or `BootFailed`. Tests
+record these with `App.run_test(message_hook=...)`.
 
 Invariant: the worker never touches a widget; everything it wants shown travels in a message.
 """
@@ -48,11 +49,22 @@ class PromptsReady(Message):
 
 
 class Booted(Message):
-    def __init__(self, session: Session, snapshot: Snapshot, outcomes: list[Outcome]) -> None:
+    def __init__(self, session: Session, snapshot: Snapshot, outcomes: list[Outcome],
+                 notices: list[str] | None = None) -> None:
         super().__init__()
         self.session = session
         self.snapshot = snapshot
         self.outcomes = outcomes
+        self.notices = notices or []  # e.g. "could not reopen X: ...; started a new session"
+
+
+class ViewsReady(Message):
+    """The first performance and prompt views, built after `Booted` (the screen is usable
+    before they are: at XL size on a CPU the first forward passes take seconds)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
 
 
 class BootFailed(Message):

@@ -4,7 +4,8 @@ Where it sits: the results pane renders what these functions return for the sele
 (`r<n>`); they only reshape a result's numbers (tensors to lists, top-k, resampling to the
 pane's width) so the widget never handles tensors.
 
-Invariant: every function is pure and cheap (at most a sort of one result's scores).
+Invariant: every function is pure and cheap: at most a sort of one result's node scores;
+edge scores (2.2M at GPT-2 XL) only through `topk` and masks, never one object per edge.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.plugins import CircuitResult, Curve, EdgeScores, NodeScores, Result, Table
+from workbench.plugins import (
+    CircuitResult,
+    Curve,
+    EdgeScores,
+    NodeScores,
+    Result,
+    Table,
+    top_indices,
+)
+from workbench.tui.score_search import edge_mask, node_matches
 
 
 @dataclass(frozen=True)
@@ -21,8 +31,10 @@ class Ranked:
     title: str
     unit: str
     rows: tuple[tuple[str, float], ...]  # (name, score), largest |score| first
-    total: int
-    scale: float  # largest |score|
+    total: int  # how many scores the result has
+    scale: float  # largest |score| shown
+    query: str = ""  # the search the rows answer ("" = none: the top of everything)
+    matched: int = 0  # how many scores the query matched
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,30 @@ class Plot:
     series: tuple[tuple[str, tuple[float, ...], float, float], ...]  # (name, ys, lo, hi)
 
 
-def ranked(result: NodeScores | EdgeScores, k: int = 40) -> Ranked:
-    rows = [(str(name), float(v)) for name, v in result.ranked()[:k]]
-    total = len(result.scores) if isinstance(result, NodeScores) else int(result.values.numel())
-    scale = max((abs(v) for _, v in rows), default=0.0)
-    return Ranked(result.title, result.unit, tuple(rows), total, scale)
+def ranked(result: NodeScores | EdgeScores, k: int = 40, query: str = "") -> Ranked:
+    """The `k` largest |scores|, or the `k` largest among those `query` matches (see
+    `score_search`). Edge scores go through `EdgeScores.top` / a mask: never a sort of, or an
+    object per, every edge."""
+    if isinstance(result, NodeScores):
+        items = list(result.scores.items())
+        if query.strip():
+            hits = node_matches(query, [name for name, _ in items])
+            items = [kv for kv, hit in zip(items, hits, strict=True) if hit]
+        matched = len(items)
+        rows = sorted(items, key=lambda kv: (-abs(kv[1]), kv[0]))[:k]
+        total = len(result.scores)
+    else:
+        total = int(result.values.numel())
+        if query.strip():
+            chosen = edge_mask(result.graph, query).nonzero().flatten()
+            matched = int(chosen.numel())
+            picked = chosen[top_indices(result.values.flatten()[chosen], k)]
+            rows = list(result.rows(picked))
+        else:
+            matched, rows = total, list(result.top(k))
+    shown = tuple((str(name), float(v)) for name, v in rows)
+    scale = max((abs(v) for _, v in shown), default=0.0)
+    return Ranked(result.title, result.unit, shown, total, scale, query.strip(), matched)
 
 
 def heatmap(table: Table) -> Heatmap:

@@ -4,8 +4,10 @@ Where it sits: `SessionRunner` is the base of `WorkbenchApp`. `submit(line)` que
 one worker thread (`_drain`) executes the queue in order through `Session.execute`, with a
 throttled `progress` callback and a `cancelled` callback that Esc (`action_cancel`) sets. After
 each command it posts `CommandFinished` with the performance view, then `PromptsReady` with the
-prompt table (unless more commands are queued). Opening the session (`_boot`: load a model or
-resume a log) runs in the same worker group. The subclass handles the messages and renders.
+prompt table (unless more commands are queued). Opening the session (`boot`: load a model or
+resume a log) runs in the same worker group and posts `Booted` as soon as the model is resident,
+then `ViewsReady` with the first performance; commands submitted in between wait for it.
+The subclass handles the messages and renders.
 
 Invariants: only the worker touches the session, and only through `execute`, so commands never
 overlap and everything lands in the log; an exception anywhere in the worker becomes a failed
@@ -24,9 +26,9 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, crash_report
 from workbench.session import Outcome, Session
-from workbench.tui.boot import open_session
+from workbench.tui.boot import open_or_fresh
 from workbench.tui.messages import (
     Booted,
     BootFailed,
@@ -34,6 +36,7 @@ from workbench.tui.messages import (
     CommandStarted,
     Progress,
     PromptsReady,
+    ViewsReady,
 )
 from workbench.tui.views import Snapshot, build_snapshot, state_key, with_prompts
 
@@ -61,23 +64,41 @@ class SessionRunner(App[None]):
         self._queue.clear()
         self._cancel.set()  # a technique still running in the worker stops at its next check
 
+    def boot(self) -> None:
+        """Open the session in the worker; commands queue until the first views are shown."""
+        with self._lock:
+            self.busy = True
+        self._boot()
+
     @work(thread=True, exit_on_error=False, group="session")
     def _boot(self) -> None:
         try:
+            notices: list[str] = []
             if self._given is not None:
                 session, outcomes = self._given, list(self._given.outcomes)
             else:
                 model, path, device, download = self._open_args
                 self.post_message(Progress(None, f"loading {model or 'the default model'}"))
-                session, outcomes = open_session(model, path, device, self._progress(),
-                                                 self._cancel.is_set, download)
-            snapshot = self._build(session, None)
-            self.post_message(Booted(session, snapshot, outcomes))
+                opened = open_or_fresh(model, path, device, self._progress(),
+                                       self._cancel.is_set, download)
+                session, outcomes, notices = opened.session, opened.outcomes, opened.notices
+            first = Snapshot(None, problem="measuring performance...") \
+                if session.state.model is not None else self._build(session, None)
+            self.post_message(Booted(session, first, outcomes, notices))  # usable: grid, keys
+            self.post_message(ViewsReady(self._build(session, None)))
         except WorkbenchError as exc:
+            self.busy = False
             self.post_message(BootFailed(str(exc)))
         except Exception as exc:  # a bug must not leave a traceback on the user's terminal
-            log.exception("opening the session failed")
-            self.post_message(BootFailed(f"cannot open the session: {exc}"))
+            log.debug("opening the session failed", exc_info=True)
+            self.busy = False
+            self.post_message(BootFailed(crash_report(exc, "opening the session")))
+
+    def on_views_ready(self, message: ViewsReady) -> None:
+        """The first views are shown (by the subclass); queued commands may run now."""
+        with self._lock:
+            self.busy = False
+        self._start_drain()
 
     def submit(self, line: str) -> None:
         """Queue one command line for `Session.execute` (the only way the UI changes state)."""
@@ -106,9 +127,10 @@ class SessionRunner(App[None]):
             try:
                 outcome = session.execute(line, progress=self._progress(),
                                           cancelled=self._cancel.is_set)
-            except Exception as exc:  # a bug in the core or a plugin: one line, no traceback
-                log.exception("command %r failed", line)
-                outcome = Outcome(n=0, cmd=line, ok=False, error=f"internal error: {exc}")
+            except Exception as exc:  # Session.execute catches bugs itself; this is a last guard
+                log.debug("command %r failed", line, exc_info=True)
+                outcome = Outcome(n=0, cmd=line[:200], ok=False,
+                                  error=crash_report(exc, f"running {line[:200]!r}"))
             snapshot = self._build(session, outcome, prompts=False)
             self.post_message(CommandFinished(outcome, snapshot))  # performance first
             if snapshot.prompts is None and snapshot.key is not None and not self._queue:
@@ -123,8 +145,8 @@ class SessionRunner(App[None]):
             else:
                 self._worker_last = build_snapshot(session, outcome, last, prompts=prompts)
         except Exception as exc:
-            log.exception("building the views failed")
-            self._worker_last = Snapshot(None, problem=f"cannot show this state: {exc}")
+            self._worker_last = Snapshot(None, problem="cannot show this state: "
+                                         + crash_report(exc, "building the views"))
         return self._worker_last
 
     def _progress(self) -> Callable[[float, str], None]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from workbench.errors import WorkbenchError
-from workbench.graph import Edge, Graph, parse_node
+from workbench.graph import Edge, parse_node
 from workbench.plugins import Result
 from workbench.session import Outcome, Session, State
 from workbench.tui.result_views import node_scores_of
@@ -205,7 +205,7 @@ def grid_view(state: State, result: Result | None) -> GridView | None:
     """Grid for the current model, ablations and the selected result's node scores."""
     if state.model is None:
         return None
-    graph = Graph.from_sizes(state.model.card.n_layers, state.model.card.n_heads)
+    card = state.model.card  # sizes only: building the edge graph here would stall the UI
     whole: set[str] = set()
     partial: set[str] = set()
     for ab in state.ablations:
@@ -229,5 +229,5 @@ def grid_view(state: State, result: Result | None) -> GridView | None:
                 scores[str(node)] = value
         title = node_scores.title
     scale = max((abs(v) for v in scores.values()), default=0.0)
-    return GridView(graph.n_layers, graph.n_heads, frozenset(whole), frozenset(partial - whole),
+    return GridView(card.n_layers, card.n_heads, frozenset(whole), frozenset(partial - whole),
                     scores, scale, title)

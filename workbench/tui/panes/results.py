@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.message import Message
+from textual.widgets import Input, Static
 
 from workbench.plugins import CircuitResult, Curve, EdgeScores, NodeScores, Result, Table
 from workbench.tui.result_views import (
@@ -36,6 +38,7 @@ BLOCKS = " ▁▂▃▄▅▆▇█"
 BAR = 14
 NAME = 18  # longest name shown in ranked lists
 PLOT_HEIGHT = 6
+TOP = 40  # rows in a ranked list (the largest |scores|, or the largest matching the search)
 
 
 def _shade(value: float, scale: float) -> str:
@@ -52,8 +55,15 @@ def _shade(value: float, scale: float) -> str:
 
 def render_ranked(view: Ranked) -> Text:
     out = Text()
-    out.append(f"top {len(view.rows)} of {view.total} by |score|"
-               + (f" ({view.unit})" if view.unit else "") + "\n", style="dim")
+    unit = f" ({view.unit})" if view.unit else ""
+    if view.query and not view.matched:
+        out.append(f"nothing matches {view.query!r} (of {view.total:,}): names are like a9.1, "
+                   "m3, a3.0->a9.1<q>; patterns a3?.*, m*, a*.*->m9\n", style="dim")
+    elif view.query:
+        out.append(f"top {len(view.rows)} of {view.matched:,} matching {view.query!r} "
+                   f"(of {view.total:,}) by |score|{unit}\n", style="dim")
+    else:
+        out.append(f"top {len(view.rows)} of {view.total:,} by |score|{unit}\n", style="dim")
     width = min(NAME, max((len(name) for name, _ in view.rows), default=4))
     for name, value in view.rows:
         n = round(abs(value) / view.scale * BAR) if view.scale > 0 else 0
@@ -105,20 +115,21 @@ def render_plot(view: Plot) -> Text:
     return out
 
 
-def render_result(result: Result) -> Text:
+def render_result(result: Result, query: str = "", top: int = TOP) -> Text:
+    """The result's views; `query` (see `score_search`) narrows its ranked lists."""
     parts = parts_of(result)
     if len(parts) == 1:
-        return render_part(parts[0][1])
+        return render_part(parts[0][1], query, top)
     out = Text()
     for name, part in parts:
         out.append(f"\n{name}: {getattr(part, 'title', '')}\n", style="bold underline")
-        out.append_text(render_part(part))
+        out.append_text(render_part(part, query, top))
     return out
 
 
-def render_part(result: object) -> Text:
+def render_part(result: object, query: str = "", top: int = TOP) -> Text:
     if isinstance(result, NodeScores | EdgeScores):
-        return render_ranked(ranked(result))
+        return render_ranked(ranked(result, top, query))
     if isinstance(result, Table):
         return render_heatmap(heatmap(result))
     if isinstance(result, Curve):
@@ -130,17 +141,31 @@ def render_part(result: object) -> Text:
 
 
 class ResultsPane(VerticalScroll):
+    """Header, a search box (Ctrl+F; Enter searches and returns to the grid, empty shows the
+    top of everything, Esc leaves it) and the body: one `Static` holding the whole rendered
+    text, however many scores the result has."""
+
     DEFAULT_CSS = """
     ResultsPane { padding: 0 1; }
     ResultsPane > #result-title { color: $text-muted; }
+    ResultsPane > #result-search { border: none; height: 1; padding: 0; margin: 0 0 1 0; }
     """
+
+    class Left(Message):
+        """The user is done with the search box (Enter or Esc): the app focuses the grid."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rid: str | None = None
+        self.query = ""
+        self.renders = 0  # bodies rendered (tests: switching panes must not re-render)
+        self._shown: tuple[object, ...] | None = None
+        self._result: Result | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("no results yet: try  run dla", id="result-title")
+        yield Input(placeholder="search: a3?.*  m1*  a*.*->a9.1<q>  (Enter; empty = top "
+                    f"{TOP})", id="result-search")
         yield Static("", id="result-body")
 
     def show(self, rid: str | None, result: Result | None, index: int, count: int) -> None:
@@ -150,6 +175,33 @@ class ResultsPane(VerticalScroll):
         if rid is None or result is None:
             title.update("no results yet: try  run dla")
             body.update("")
+            self._shown = self._result = None
             return
         title.update(f"{describe(rid, result)}   ({index + 1} of {count}; [ ] to switch)")
-        body.update(render_result(result))
+        key = (rid, id(result), self.query)
+        if key != self._shown:  # a toggle re-shows the same result: nothing to redo
+            self._shown = key
+            self.renders += 1
+            body.update(render_result(result, self.query))
+        self._result = result
+
+    def search(self, query: str) -> None:
+        """Narrow the ranked lists to names matching `query` ("" shows the top again)."""
+        self.query = query.strip()
+        self.query_one("#result-search", Input).value = self.query
+        result = self._result
+        if self._shown is not None and result is not None:
+            self._shown = (self._shown[0], id(result), self.query)
+            self.renders += 1
+            self.query_one("#result-body", Static).update(render_result(result, self.query))
+
+    @on(Input.Submitted, "#result-search")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.search(event.value)
+        self.post_message(self.Left())  # keys (`:`, toggles) work again; Ctrl+F refines
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.query_one("#result-search", Input).has_focus:
+            event.stop()
+            self.post_message(self.Left())
