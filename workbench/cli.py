@@ -337,6 +337,35 @@ def cmd_finetune(argv: list[str]) -> int:
     return 0
 
 
+def cmd_plot_train(argv: list[str]) -> int:
+    """Per-digit loss/accuracy curves of a `workbench train` run, shelves marked; with
+    --confusion, per-digit confusion matrices and carry accuracy at its saved checkpoints."""
+    p = argparse.ArgumentParser(prog="workbench plot-train",
+                                description="plot a training run's dynamics")
+    p.add_argument("run", type=Path, help="a directory written by workbench train")
+    p.add_argument("--out", type=Path, required=True, help="FILE.png|.svg|.pdf")
+    p.add_argument("--confusion", type=Path, default=None,
+                   help="also write confusion matrices at the saved checkpoints here")
+    p.add_argument("--n", type=int, default=500, help="held-out problems per checkpoint")
+    args = p.parse_args(argv)
+    from workbench.figures_mpl import FORMATS, save
+    from workbench.training import curves_figure, dynamics, dynamics_figure, read_log, shelf_lines
+
+    for out in (args.out, args.confusion):
+        if out is not None and out.suffix.lower().lstrip(".") not in FORMATS:
+            raise WorkbenchError(f"plot-train: '{out}' needs a suffix .png|.svg|.pdf")
+    log = read_log(args.run)
+    print(f"wrote {save(curves_figure(log), args.out)}: {log.n_digits} digits, "
+          f"{len(log.steps)} logged steps")
+    for line in shelf_lines(log):
+        print(f"shelf {line}")
+    if args.confusion is not None:
+        snaps = dynamics(args.run, n=args.n)
+        steps = ", ".join(str(s.step) for s in snaps)
+        print(f"wrote {save(dynamics_figure(snaps), args.confusion)}: checkpoints at {steps}")
+    return 0
+
+
 TRAIN_FLAGS = {
     "seed": "random seed of data order and initial weights",
     "steps": "length of the learning-rate schedule, in steps",
@@ -359,3 +388,5 @@ register("train", "train a bundled-style toy model on a task", cmd_train)
 register("replay", "re-execute a session file headless; check digests and integrity",
          cmd_replay)
 register("finetune", "fine-tune a GPT-2-family checkpoint on text", cmd_finetune)
+register("plot-train", "per-digit training curves of a run (and confusion at its checkpoints)",
+         cmd_plot_train)

@@ -64,11 +64,12 @@ class VerbSpec:
 
 VERBS: dict[str, VerbSpec] = {
     "load": VerbSpec(
-        "load MODEL [device=auto|cpu|cuda] [dtype=float32|bfloat16]",
-        "load a model (bundled toy name, checkpoint directory or cached hub name)",
+        "load MODEL [device=auto|cpu|cuda] [dtype=float32|bfloat16] [step=N]",
+        "load a model (bundled toy name, checkpoint directory or cached hub name); "
+        "step=N: a training run's checkpoint at step N",
         1,
         1,
-        ("device", "dtype"),
+        ("device", "dtype", "step"),
     ),
     "task": VerbSpec(
         "task NAME [n=256] [seed=0] [corrupt=KIND] [task options, e.g. digits=3]",
@@ -280,6 +281,7 @@ def _check_load(cmd: Command) -> None:
     dtype = cmd.option("dtype")
     if dtype is not None:
         _choice("dtype", dtype, DTYPES)
+    _int_option(cmd, "step")
 
 
 def _check_task(cmd: Command) -> None:

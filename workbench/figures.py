@@ -41,6 +41,7 @@ class Lines:
     log_y: bool = False
     shelves: tuple[tuple[str, float, float, float], ...] = ()  # (series, x0, x1, level)
     marks: tuple[float, ...] = ()  # vertical lines (e.g. saved checkpoints)
+    notes: tuple[tuple[float, float, str], ...] = ()  # (x, y, text) written on the plot
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Heat:
     signed: bool = True  # colours symmetric around 0 (else 0 .. max)
     x_label: str = ""
     y_label: str = ""
+    annotate: bool = True  # write the values in the cells (small tables only)
 
     @property
     def scale(self) -> float:
@@ -79,6 +81,8 @@ class CircuitFig:
 class Panels:
     title: str
     parts: tuple[Figure, ...]
+    ncols: int = 0  # 0: one column for one part, else two
+    panel: tuple[float, float] = (0.0, 0.0)  # inches per panel; 0: the renderer's default
 
 
 Figure = Lines | Heat | Bars | CircuitFig | Panels

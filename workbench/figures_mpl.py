@@ -51,9 +51,13 @@ def render(fig: Figure, fmt: str) -> bytes:
 
     parts = fig.parts if isinstance(fig, Panels) else (fig,)
     ncols = 1 if len(parts) == 1 else 2
+    size = PANEL
+    if isinstance(fig, Panels):
+        ncols = min(fig.ncols, len(parts)) if fig.ncols else ncols
+        size = fig.panel if fig.panel[0] > 0 else PANEL
     nrows = math.ceil(len(parts) / ncols)
     with matplotlib.rc_context(RC):
-        out = MplFigure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=DPI,
+        out = MplFigure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI,
                         layout="constrained")
         FigureCanvasAgg(out)
         if isinstance(fig, Panels):
@@ -96,6 +100,9 @@ def _lines(ax: Any, fig: Lines) -> None:
         ax.axvspan(x0, x1, color=colour.get(name, "#999999"), alpha=0.08, linewidth=0)
         ax.hlines(level, x0, x1, colors=colour.get(name, "#999999"), linestyles="--",
                   linewidth=1.0)
+    for x, y, text in fig.notes:
+        ax.annotate(text, (x, y), xytext=(2, 4), textcoords="offset points", fontsize=8,
+                    color="#252525")
     if fig.log_y:
         ax.set_yscale("log")
     ax.set_title(fig.title)
@@ -120,7 +127,7 @@ def _heat(out: Any, ax: Any, fig: Heat) -> None:
                           interpolation="nearest")
     _ticks(ax.set_xticks, ax.set_xticklabels, fig.cols, rotate=any(len(c) > 3 for c in fig.cols))
     _ticks(ax.set_yticks, ax.set_yticklabels, fig.rows)
-    if values.size and values.size <= 120:
+    if fig.annotate and values.size and values.size <= 120:
         for (r, c), v in np.ndenumerate(values):
             if math.isfinite(v):
                 dark = abs(v) / scale > 0.6 if fig.signed else v / scale < 0.5

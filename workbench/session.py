@@ -50,6 +50,7 @@ from workbench.plugins import Cancelled, Context, Result, Technique, load_regist
 from workbench.sessionlog import Entry, Header, SessionLog, digest_out, save_tensors
 from workbench.tasks import PromptSet, make_task
 from workbench.tasks.encode import EncodedPrompts, encode
+from workbench.training import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,9 @@ class Session:
         return handler(cmd)  # type: ignore[no-any-return]
 
     def _load(self, cmd: Command) -> tuple[dict[str, Any], Any]:
-        model = load_model(cmd.args[0], device=cmd.option("device") or self.device,
+        step = cmd.option("step")
+        source = cmd.args[0] if step is None else str(checkpoint_path(cmd.args[0], int(step)))
+        model = load_model(source, device=cmd.option("device") or self.device,
                            dtype=cmd.option("dtype") or "float32")  # type: ignore[arg-type]
         self.state = replace(self.state, model=model, ablations=())
         if self.state.prompts is None:
@@ -226,7 +229,8 @@ class Session:
             self.state = replace(self.state, prompts=prompts)
         card = model.card
         return {"model": card.name, "identity": model.identity.sha256,
-                "layers": card.n_layers, "heads": card.n_heads, "device": card.device}, model
+                "layers": card.n_layers, "heads": card.n_heads, "device": card.device,
+                **({"step": int(step)} if step is not None else {})}, model
 
     def _task(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         opts = dict(cmd.opts)

@@ -6,7 +6,8 @@
 3. Every `log_every` steps, log the loss and accuracy of each answer digit (the per-digit curves
    and their shelves are what researchers look at); every `eval_every` steps, the held-out
    exact match. Stop at `steps` or once held-out exact match reaches `target`.
-4. Save an ordinary HF checkpoint directory, `train_log.jsonl` and a model card.
+4. Save an ordinary HF checkpoint directory, `train_log.jsonl` and a model card; with
+   `save_every`, also one checkpoint per N steps under `checkpoints/step-NNNNNN/`.
 
 Deterministic on CPU from `seed` and `threads` (a different thread count gives other weights).
 """
@@ -114,10 +115,16 @@ def train(cfg: TrainConfig, out: Path,
                 break
         if cfg.save_every and step % cfg.save_every == 0:
             _save(model, tokenizer, cfg, out)
+            _save(model, tokenizer, cfg, checkpoint_dir(out, step))  # kept: training dynamics
     log_file.close()
     seconds = time.perf_counter() - start
     _save(model, tokenizer, cfg, out)
     return TrainResult(step, seconds, acc, per_digit, step_hit)
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    """Where `--save-every` keeps the checkpoint of `step` (`load RUN_DIR step=N` reads it)."""
+    return out / "checkpoints" / f"step-{step:06d}"
 
 
 def _save(model: GPT2LMHeadModel, tokenizer: Any, cfg: TrainConfig, out: Path) -> None:

@@ -47,6 +47,7 @@ from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import GridPane, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane
+from workbench.tui.panes.plots import FigurePane, result_figure, train_figure
 from workbench.tui.panes.prompts import PromptsPane
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import circuit_of
@@ -99,6 +100,11 @@ class WorkbenchApp(SessionRunner):
                     yield ResultsPane(id="results-pane")
                 with TabPane("graph", id="graph"):
                     yield GraphView(id="graph-view")
+                with TabPane("plot", id="plot"):
+                    yield FigurePane("no results yet: try  run dla  or  run prune",
+                                     id="plot-pane")
+                with TabPane("train", id="train"):
+                    yield FigurePane("no model loaded", id="train-pane")
         with Horizontal(id="status-row"):
             yield Static("starting...", id="status")
             yield ProgressBar(id="progress", show_eta=False)
@@ -235,6 +241,11 @@ class WorkbenchApp(SessionRunner):
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
+        self.query_one("#plot-pane", FigurePane).show(*result_figure(self.selected_result,
+                                                                     result))
+        model = state.model
+        self.query_one("#train-pane", FigurePane).show(*train_figure(
+            getattr(model, "directory", None) if model is not None else None))
 
     def _graph_layout(self) -> GraphLayout | None:
         return None if self.session is None else \

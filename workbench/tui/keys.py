@@ -76,6 +76,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("app.tab_prompts", "1", "show_tab('prompts')", "show the model and prompts"),
     KeySpec("app.tab_results", "2", "show_tab('results')", "show the selected result"),
     KeySpec("app.tab_graph", "3", "show_tab('graph')", "show the circuit graph"),
+    KeySpec("app.tab_plot", "4", "show_tab('plot')", "plot the selected result"),
+    KeySpec("app.tab_train", "5", "show_tab('train')", "the loaded model's training curves"),
     KeySpec("app.focus_grid", "g", "focus_grid", "focus the head grid"),
     KeySpec("app.search_results", "ctrl+f", "search_results",
             "search the selected result's scores by name"),
