@@ -4,7 +4,7 @@
    default every head and MLP).
 2. For each component alone (the session's current ablations are not applied), ablate it with
    `mode` (default: the session's mode) through the ablation engine and take performance % of
-   the session's metric (`engine.perf`: 100 = full model, 0 = everything ablated).
+   the session's metric (`api.perf`: 100 = full model, 0 = everything ablated).
    `per_position=true` ablates it at one position at a time instead (a Table components x
    positions); `mode=all` runs zero, mean and resample (a Table components x modes);
    `score=drop` reports 100 - performance % (so `select r<n> top=K` keeps the components
@@ -24,9 +24,8 @@ from typing import Literal
 
 import torch
 
-from workbench.ablation import Ablation
+from workbench.api import MODES, Ablation, Mode
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Mode
 from workbench.graph import Node, expand
 from workbench.plugins import Context, NodeScores, Table, Technique
 from workbench.positions import position_labels
@@ -42,7 +41,7 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
-    eng, fn = ctx.engine, ctx.metric_fn(params.metric)
+    eng, fn = ctx.api, ctx.metric_fn(params.metric)
     chosen = params.mode or ctx.mode
     modes: tuple[Mode, ...] = tuple(m for m in MODES if chosen in ("all", m))
     if params.per_position and len(modes) > 1:

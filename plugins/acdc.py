@@ -34,14 +34,11 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from workbench.ablation import AblationEngine
+from workbench.api import AblationEngine, EdgeRunner, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
-from workbench.forward import Activations, Mode, Patch, State
 from workbench.graph import Circuit
-from workbench.metrics import Metric, get_metric
 from workbench.plugins import CircuitResult, Context, Technique
 from workbench.ranges import Range
-from workbench.tasks.encode import EncodedPrompts
 
 NOISE = 1e-6  # relative float noise between batched forwards of different widths
 
@@ -64,20 +61,22 @@ class AcdcStats:
     layers_run: float  # sum over forwards of the fraction of layers recomputed x replicas
 
 
-def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None = None
-         ) -> tuple[Tensor, dict[int, float], AcdcStats]:
+def acdc(engine: AblationEngine | EngineAPI, params: Params, mode: Mode,
+         ctx: Context | None = None) -> tuple[Tensor, dict[int, float], AcdcStats]:
     """The kept-edge mask (n_edges,), each kept edge's tested metric change, and the cost.
     The metric: `params.metric`, else the session's (`ctx`), else kl."""
-    fn = ctx.metric_fn(params.metric) if ctx is not None else get_metric(params.metric or "kl")
-    lay, graph, w = engine.graph, engine.graph, engine.weights
-    keep = torch.ones(lay.n_edges, **engine.kw)
-    deltas = Activations.groups(engine.clean.deltas_from(engine.values[mode], w), lay.n_heads)
-    current = _metric(engine, fn, keep[None], lay.n_layers, deltas, mode)[0]
+    api = engine if isinstance(engine, EngineAPI) else EngineAPI.of(engine)
+    fn = ctx.metric_fn(params.metric) if ctx is not None else api.metric(params.metric or "kl")
+    graph = api.graph
+    runner = api.edge_runner(mode)  # holds the deltas every restarted forward reads
+    keep = torch.ones(graph.n_edges, **api.kw)  # type: ignore[arg-type]
+    current = _metric(api, runner, fn, keep[None], graph.n_layers)[0]
     outgoing = {node: graph.outgoing(node) for node in graph.sources}
     scores: dict[int, float] = {}
     tested = forwards = 0
     layers_run = 0.0
     receivers = list(reversed(graph.receivers))
+    n_layers = graph.n_layers
     for i, receiver in enumerate(receivers):
         if ctx is not None:
             ctx.check()
@@ -86,19 +85,19 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
         if receiver.kind != "logits" and not keep[outgoing[receiver.base()]].any():
             keep[incoming] = 0.0  # its output is read by nothing kept: exact, untested
             continue
-        start = lay.n_layers if receiver.kind == "logits" else int(receiver.layer or 0)
+        start = n_layers if receiver.kind == "logits" else int(receiver.layer or 0)
         candidates = [e for e in reversed(incoming) if keep[e] > 0]
         at, width = 0, 2  # adaptive batch: grows while tests say "remove"
         while at < len(candidates):
             if ctx is not None:
                 ctx.check()  # Esc answers within one batched forward
-            k = min(len(candidates) - at, width, _replicas(engine, params, start))
+            k = min(len(candidates) - at, width, _replicas(api, params, start))
             rows = keep.repeat(k, 1)
             for j in range(k):  # replica j removes candidates at..at+j
                 rows[j:, candidates[at + j]] = 0.0
-            values = _metric(engine, fn, rows, start, deltas, mode)
+            values = _metric(api, runner, fn, rows, start)
             forwards += 1
-            layers_run += k * (lay.n_layers - start + 0.5) / (lay.n_layers + 0.5)
+            layers_run += k * (n_layers - start + 0.5) / (n_layers + 0.5)
             prev = current
             for j in range(k):
                 tested += 1
@@ -120,42 +119,22 @@ def acdc(engine: AblationEngine, params: Params, mode: Mode, ctx: Context | None
     return keep, scores, AcdcStats(tested, forwards, layers_run)
 
 
-def _replicas(engine: AblationEngine, params: Params, start: int) -> int:
+def _replicas(api: EngineAPI, params: Params, start: int) -> int:
     if params.replicas > 0:
         return params.replicas
-    enc, w = engine.enc, engine.weights
-    lay = engine.graph
-    per_row = enc.clean.shape[1] * w.W_E.shape[1] * 4  # one residual row, bytes
-    downstream = lay.n_sources - (1 + start * (lay.n_heads + 1)) + 6 * lay.n_heads
-    per_replica = enc.n * per_row * max(downstream, 1)
+    g = api.graph
+    per_row = api.n_pos * api.weights.W_E.shape[1] * 4  # one residual row, bytes
+    downstream = g.n_sources - (1 + start * (g.n_heads + 1)) + 6 * g.n_heads
+    per_replica = api.n_prompts * per_row * max(downstream, 1)
     return max(1, min(64, params.memory_mb * 2**20 // max(per_replica, 1)))
 
 
 @torch.no_grad()
-def _metric(engine: AblationEngine, fn: Metric, rows: Tensor, start: int,
-            deltas: list[Tensor], mode: Mode) -> list[float]:
-    """Metric of each keep vector in `rows` (k, n_edges), restarting at layer `start`."""
-    enc, lay = engine.enc, engine.graph
-    k = rows.shape[0]
-    start = min(start, lay.n_layers)
-    clean = engine.clean
-    resid = [clean.resid_pre[i] for i in range(start)]
-    resid.append(clean.resid_pre[start].repeat(k, 1, 1))
-    state = State(resid_pre=resid, deltas=deltas[: 1 + 2 * start])
-    tiled = _tile(enc, k)
-    patch = Patch(edge=rows.repeat_interleave(enc.n, dim=0), edge_mode=mode)
-    logits = engine.forward.run(tiled.clean, tiled.answer_pos, patch, engine.values,
-                                start=start, state=state)[0]
-    reference = engine.clean_logits.repeat(k, 1, 1)
-    per_prompt = fn.per_prompt(logits, tiled, reference)
-    return per_prompt.view(k, enc.n).mean(1).tolist()
-
-
-def _tile(enc: EncodedPrompts, k: int) -> EncodedPrompts:
-    return replace(enc, clean=enc.clean.repeat(k, 1), corrupted=enc.corrupted.repeat(k, 1),
-                   answer_pos=enc.answer_pos.repeat(k, 1), answer=enc.answer.repeat(k, 1),
-                   contrast=enc.contrast.repeat(k, 1), accepted=enc.accepted * k,
-                   lengths=enc.lengths.repeat(k))
+def _metric(api: EngineAPI, runner: EdgeRunner, fn: Metric, rows: Tensor, start: int
+            ) -> list[float]:
+    """Mean metric of each keep vector in `rows` (k, n_edges), restarting at layer `start`."""
+    logits = runner.logits(rows, start_layer=min(start, api.graph.n_layers))
+    return api.metric_values(logits, fn).mean(1).tolist()
 
 
 def run(ctx: Context, params: Params) -> CircuitResult:
@@ -163,7 +142,7 @@ def run(ctx: Context, params: Params) -> CircuitResult:
         raise WorkbenchError("tau must be >= 0")
     mode = params.mode or ctx.mode
     fn = ctx.metric_fn(params.metric)
-    keep, scores, stats = acdc(ctx.engine, replace(params, metric=fn.name), mode, ctx)
+    keep, scores, stats = acdc(ctx.api, replace(params, metric=fn.name), mode, ctx)
     edges = [ctx.graph.edges[i] for i in keep.nonzero().flatten().tolist()]
     circuit = Circuit.from_edges(
         edges, scores={str(ctx.graph.edges[i]): v for i, v in scores.items() if keep[i] > 0})

@@ -43,7 +43,7 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
-    enc = ctx.engine.enc
+    enc = ctx.api.enc
     n_layers, n_heads = ctx.graph.n_layers, ctx.graph.n_heads
     if params.head is not None:
         node = ctx.graph.check(parse_node(params.head))
@@ -74,7 +74,7 @@ def _reduce(ctx: Context, layers: list[int], fn: Any) -> dict[int, Tensor]:
     """Sum `fn(pattern, rows)` over prompt chunks for each layer; pattern (chunk, head, q, k).
 
     The reduction runs inside the hook, so no pattern outlives its layer's forward."""
-    enc, bridge = ctx.engine.enc, ctx.model.bridge
+    enc, bridge = ctx.api.enc, ctx.model.bridge
     out: dict[int, Tensor] = {}
     rows = slice(0)
 
@@ -106,7 +106,7 @@ def _valid_rows(enc: EncodedPrompts) -> Tensor:
 def _score_weights(ctx: Context, params: Params) -> tuple[Tensor, str]:
     """(batch, query, key) weights: each prompt's chosen (query, key) pairs, each query row
     weighted 1 / (its number of chosen queries), so a prompt's weights sum to 1 (or 0)."""
-    enc = ctx.engine.enc
+    enc = ctx.api.enc
     batch, n_pos = enc.clean.shape
     dev = enc.clean.device
     if params.score in ("prev", "back"):

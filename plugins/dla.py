@@ -32,8 +32,9 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> NodeScores:
-    eng, w, enc = ctx.engine, ctx.engine.weights, ctx.engine.enc
-    acts = eng.clean
+    api = ctx.api
+    w, enc = api.weights, api.enc
+    final_resid = api.residual(w.n_layers)  # (batch, pos, d): before the last LayerNorm
     n_ans = enc.n_answer
     if params.digit is not None and not 0 <= params.digit < n_ans:
         raise WorkbenchError(f"digit={params.digit}: answers have digits 0..{n_ans - 1}")
@@ -46,7 +47,7 @@ def run(ctx: Context, params: Params) -> NodeScores:
         index = pos.view(*pos.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
         return x.gather(1, index)
 
-    final = at_answer(acts.resid_pre[-1])  # (batch, n_ans, d)
+    final = at_answer(final_resid)  # (batch, n_ans, d)
     centred = final - final.mean(-1, keepdim=True)
     scale = (centred.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # frozen
     direction = w.unembed_dirs(enc.answer) - w.unembed_dirs(enc.contrast)  # (batch, n_ans, d)
@@ -69,18 +70,18 @@ def run(ctx: Context, params: Params) -> NodeScores:
     scores: dict[str, float] = {}
     bias = w.b_O.sum(0)  # every layer's attention bias reaches the final residual
     if params.layer is None:
-        scores["input"] = float(score(at_answer(acts.embed)))
+        scores["input"] = float(score(at_answer(api.activation("input"))))
         for layer in range(w.n_layers):
-            heads = score(at_answer(acts.head_out(w, layer)))  # (n_heads,)
+            heads = score(at_answer(api.head_outputs(layer)))  # (n_heads,)
             for h, value in enumerate(heads.tolist()):
                 scores[f"a{layer}.{h}"] = value
-            scores[f"m{layer}"] = float(score(at_answer(acts.mlp_out[layer])))
+            scores[f"m{layer}"] = float(score(at_answer(api.activation(f"m{layer}"))))
         title = "direct logit attribution"
     else:
         L = params.layer
-        post = at_answer(acts.post_at(w, L))  # (batch, n_ans, d_mlp)
+        post = at_answer(api.post(L))  # (batch, n_ans, d_mlp)
         per_neuron = score(post.unsqueeze(-1) * w.W_out[L])  # (d_mlp,)
-        rest = float(score(at_answer(acts.resid_pre[-1] - acts.mlp_out[L]) - bias))
+        rest = float(score(at_answer(final_resid - api.activation(f"m{L}")) - bias))
         order = per_neuron.abs().argsort(descending=True)[: params.top_neurons].tolist()
         scores = {f"m{L}.n{i}": float(per_neuron[i]) for i in order}
         omitted = float(per_neuron.sum()) - sum(scores.values())

@@ -3,7 +3,7 @@
 1. Move the `input` node along a straight path from its ablated to its clean value (`steps`
    points, midpoint rule); everything downstream is recomputed at each point.
 2. At each point, one forward and one backward give dM/d(input of r) for every receiver
-   (`forward.Capture`); `(clean_s - abl_s) . dM/d(input of r)` for every edge, averaged.
+   (`api.receiver_grads`); `(clean_s - abl_s) . dM/d(input of r)` for every edge, averaged.
 3. The score is the negative average: the estimated metric change when the edge is ablated.
 
 Cost: `steps` x (1 forward + 1 backward), prompts in chunks of `batch_size`.
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plugins.eap import edge_attribution, gradient_metric
+from workbench.api import Mode
 from workbench.errors import WorkbenchError
-from workbench.forward import Mode
 from workbench.plugins import Context, EdgeScores, Technique
 
 
@@ -32,7 +32,7 @@ def run(ctx: Context, params: Params) -> EdgeScores:
         raise WorkbenchError("eap_ig needs steps >= 1")
     mode = params.mode or ctx.mode
     fn = gradient_metric(ctx, params.metric)  # the midpoint path never reaches the clean run
-    scores = edge_attribution(ctx.engine, fn, mode, params.steps, params.batch_size, ctx)
+    scores = edge_attribution(ctx.api, fn, mode, params.steps, params.batch_size, ctx)
     return EdgeScores(f"EAP-IG ({params.steps} steps)", ctx.graph, scores,
                       unit=f"est. change in {fn.name} ({mode})", metric=fn.name)
 

@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workbench.api import ln
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, Table, Technique
 from workbench.positions import position_labels
-from workbench.weights import ln
 
 MAX_LOGITS = 1 << 25  # logits held at once (128 MB of float32): sets the prompts per chunk
 
@@ -39,11 +39,12 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> Table:
-    eng, w, enc = ctx.engine, ctx.engine.weights, ctx.engine.enc
+    api = ctx.api
+    w, enc = api.weights, api.enc
     n_ans, n_pos = enc.n_answer, enc.clean.shape[1]
     if params.digit is not None and not 0 <= params.digit < n_ans:
         raise WorkbenchError(f"digit={params.digit}: answers have digits 0..{n_ans - 1}")
-    resid = eng.clean.resid_pre  # (n_layers + 1, batch, pos, d_model)
+    resid = api.residuals()  # (n_layers + 1, batch, pos, d_model)
     if params.positions == "all":
         d = params.digit or 0
         # Every position reads answer unit d: (batch, pos) targets.

@@ -24,8 +24,8 @@ from typing import Annotated
 
 import torch
 
+from workbench.api import Mode
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Mode, Patch
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Composite, Context, Curve, EdgeScores, Technique
 from workbench.ranges import Range
@@ -48,34 +48,29 @@ class Params:
 def run(ctx: Context, params: Params) -> Composite:
     if params.steps < 1 or params.batch_size < 1:
         raise WorkbenchError("mask needs steps >= 1 and batch_size >= 1")
-    engine, mode = ctx.engine, params.mode or ctx.mode
-    fn = ctx.metric_fn(params.metric)
+    api, mode = ctx.api, params.mode or ctx.mode
+    fn = api.metric(params.metric or ctx.metric)
     if not fn.differentiable:
         raise WorkbenchError(f"mask trains by gradient and {fn.name} has none: use "
                              "metric=kl, l2, logit_diff or prob")
-    lay, enc = engine.graph, engine.enc
+    n_edges, n = api.graph.n_edges, api.n_prompts
     torch.manual_seed(params.seed)
-    theta = torch.full((lay.n_edges,), params.init, **engine.kw, requires_grad=True)
+    theta = torch.full((n_edges,), params.init, **api.kw, requires_grad=True)  # type: ignore[arg-type]
     opt = torch.optim.Adam([theta], lr=params.lr)
     weight = params.sparsity / 1000.0
-    order = torch.randperm(enc.n).tolist()
+    order = torch.randperm(n).tolist()
     losses, counts = [], []
     for step in range(params.steps):
         ctx.check()
         if step % 10 == 0:
             ctx.progress(step / params.steps, f"mask step {step}/{params.steps}")
-        start = (step * params.batch_size) % enc.n
-        rows = slice(start, min(enc.n, start + params.batch_size))
-        index = order[rows]
-        sub = enc.subset(index)
-        values = {m: engine.values[m].rows(index) for m in MODES}
+        start = (step * params.batch_size) % n
+        index = order[slice(start, min(n, start + params.batch_size))]
         with torch.enable_grad():
             keep = torch.sigmoid(theta / params.temperature)
-            logits = engine.forward.run(sub.clean, sub.answer_pos, Patch(edge=keep,
-                                        edge_mode=mode), values)[0]
-            reference = engine.clean_logits[index]
-            now = fn.per_prompt(logits, sub, reference).mean()
-            full = fn.per_prompt(reference, sub, reference).mean()
+            logits = api.edge_logits(keep, mode, rows=index)
+            now = api.metric_values(logits, fn, rows=index).mean()
+            full = api.metric_values(api.clean_logits[index], fn, rows=index).mean()
             faith = full - now if fn.direction == "higher" else now - full
             expected = keep.sum()
             loss = faith + weight * expected

@@ -30,10 +30,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from workbench.api import Weights, ln
 from workbench.errors import WorkbenchError
 from workbench.graph import parse_node
 from workbench.plugins import Context, NodeScores, Table, Technique
-from workbench.weights import Weights, ln
 
 PLAIN = tuple(str(d) for d in range(10))
 SPACED = tuple(f" {d}" for d in range(10))
@@ -51,10 +51,10 @@ class Params:
 
 
 def run(ctx: Context, params: Params) -> NodeScores | Table:
-    w = ctx.engine.weights
+    w = ctx.api.weights
     if params.top_k < 1:
         raise WorkbenchError(f"top_k={params.top_k}: must be at least 1")
-    ids, texts = digit_tokens(ctx.model.tokenizer, ctx.engine.enc.answer, params.digits)
+    ids, texts = digit_tokens(ctx.model.tokenizer, ctx.api.enc.answer, params.digits)
     digits = torch.tensor(ids, device=w.W_E.device)
     h = ln(_embed(w, digits, params.embed), w.eps)  # (10, d_model)
     if params.head is not None:

@@ -37,18 +37,15 @@ two recorded runs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from workbench.ablation import Ablation, AblationEngine
+from workbench.api import Ablation, EngineAPI, Metric
 from workbench.errors import WorkbenchError
-from workbench.forward import State
 from workbench.graph import INPUT, Node, Port, head, mlp
-from workbench.metrics import Metric
 from workbench.plugins import Context, NodeScores, Table, Technique
 from workbench.positions import position_labels
 
@@ -77,7 +74,7 @@ class Params:
 class Baseline:
     """The engine whose clean run is the base run, and the metric of both unpatched runs."""
 
-    engine: AblationEngine
+    api: EngineAPI
     base: float  # M of the run patched into
     other: float  # M of the run the patched values come from
     metric: Metric  # M
@@ -94,22 +91,20 @@ class Baseline:
 def baseline(ctx: Context, direction: Direction, fn: Metric | None = None) -> Baseline:
     """`corrupt_to_clean`: the session's engine. `clean_to_corrupt`: an engine on the swapped
     prompt set (2 FE), whose clean run is the corrupted prompts and `resample` the clean run."""
-    engine = ctx.engine
+    api = ctx.api
     if direction == "clean_to_corrupt":
-        enc = ctx.engine.enc
-        swapped = dataclasses.replace(enc, clean=enc.corrupted, corrupted=enc.clean)
-        engine = AblationEngine(ctx.model, swapped, ctx.graph)
+        api = api.swapped()
     elif direction != "corrupt_to_clean":
         raise WorkbenchError(f"direction={direction!r}: use corrupt_to_clean or clean_to_corrupt")
     fn = fn or ctx.metric_fn()
-    return Baseline(engine, score(ctx, engine.clean_logits, fn),
-                    score(ctx, engine.corrupted_logits, fn), fn)
+    return Baseline(api, score(ctx, api.clean_logits, fn), score(ctx, api.corrupted_logits, fn),
+                    fn)
 
 
 def score(ctx: Context, logits: Tensor, fn: Metric | None = None) -> float:
     """The metric (default: the session's) of answer logits, always against the clean prompts'
     answers (the swapped engine keeps them) and the clean run's logits (kl, l2)."""
-    return (fn or ctx.metric_fn()).mean(logits, ctx.engine.enc, ctx.engine.clean_logits)
+    return float(ctx.api.metric_values(logits, fn or ctx.metric_fn()).mean())
 
 
 # -- which runs ------------------------------------------------------------------------------
@@ -173,19 +168,17 @@ def _plan(site: Site, by_position: bool, n_layers: int, n_heads: int, n_pos: int
 # -- running ---------------------------------------------------------------------------------
 
 
-def _resid_logits(engine: AblationEngine, layer: int, pos: int | None) -> Tensor:
+def _resid_logits(api: EngineAPI, layer: int, pos: int | None) -> Tensor:
     """Answer logits with resid_pre[layer] (at `pos`) taken from the engine's resample run."""
     if layer == 0:  # resid_pre[0] is the input node's output: nothing upstream to keep
-        return engine.logits([Ablation(INPUT.at(pos), "resample")])
-    base, other = engine.clean.resid_pre, engine.corrupted.resid_pre  # (L + 1, batch, pos, d)
+        return api.logits([Ablation(INPUT.at(pos), "resample")])
+    other = api.residual(layer, "corrupted")  # (batch, pos, d)
     if pos is None:
-        patched = other[layer]
+        patched = other
     else:
-        patched = base[layer].clone()
-        patched[:, pos] = other[layer][:, pos]
-    state = State(resid_pre=[*base[:layer], patched])
-    return engine.forward.run(engine.enc.clean, engine.enc.answer_pos, start=layer,
-                              state=state)[0]
+        patched = api.residual(layer, "clean").clone()
+        patched[:, pos] = other[:, pos]
+    return api.residual_logits(layer, patched)
 
 
 def sweep(ctx: Context, params: Params) -> Sweep:
@@ -198,20 +191,18 @@ def sweep(ctx: Context, params: Params) -> Sweep:
                              "pattern cannot be swapped through q/k inputs); use by_position="
                              "false, or head_q by position")
     base = baseline(ctx, params.direction, ctx.metric_fn(params.metric))
-    engine = base.engine
-    w = engine.weights
-    n_pos = engine.n_pos
-    rows, runs = _plan(site, by_position, w.n_layers, w.n_heads, n_pos)
-    cols = position_labels(ctx.model.tokenizer, ctx.engine.enc) if by_position else ("all",)
+    api, g = base.api, ctx.graph
+    rows, runs = _plan(site, by_position, g.n_layers, g.n_heads, api.n_pos)
+    cols = position_labels(ctx.model.tokenizer, ctx.api.enc) if by_position else ("all",)
     patched = torch.full((len(rows), len(cols)), float("nan"))
     with torch.no_grad():
         for i, r in enumerate(runs):
             ctx.check()
             ctx.progress(i / len(runs), f"patch {site}: {rows[r.row]} @ {cols[r.col]}")
             if r.resid:
-                logits = _resid_logits(engine, r.layer, r.resid_pos)
+                logits = _resid_logits(api, r.layer, r.resid_pos)
             else:
-                logits = engine.logits([Ablation(t, "resample") for t in r.targets])
+                logits = api.logits([Ablation(t, "resample") for t in r.targets])
             patched[r.row, r.col] = score(ctx, logits, base.metric)
     ctx.progress(1.0, f"patch {site}: done")
     return Sweep(site, rows, cols, patched, base)

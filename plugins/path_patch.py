@@ -40,9 +40,8 @@ import torch
 from torch import Tensor
 
 from plugins.patch import Baseline, Direction, baseline, score
-from workbench.ablation import AblationEngine
+from workbench.api import AblationEngine, EngineAPI
 from workbench.errors import WorkbenchError
-from workbench.forward import Patch
 from workbench.graph import PORTS, Edge, Graph, Node, expand
 from workbench.plugins import Context, NodeScores, Technique
 
@@ -102,27 +101,19 @@ def keep_mask(graph: Graph, senders: list[Node], receivers: list[Node]) -> Tenso
 
 
 class PathRunner:
-    """Edge forwards on one engine that restart from its cached keep = 1 (base) run."""
+    """Edge forwards in `resample` mode that restart at the earliest receiver's layer."""
 
-    def __init__(self, engine: AblationEngine) -> None:
-        self.engine = engine
-        self.kw = {"device": engine.device, "dtype": engine.weights.W_E.dtype}
-        ones = torch.ones(engine.graph.n_edges, **self.kw)  # type: ignore[arg-type]
-        with torch.no_grad():
-            _, self.state, _ = engine.forward.run(
-                engine.enc.clean, engine.enc.answer_pos, Patch(edge=ones, edge_mode="resample"),
-                engine.values)
+    def __init__(self, engine: AblationEngine | EngineAPI) -> None:
+        self.api = engine if isinstance(engine, EngineAPI) else EngineAPI.of(engine)
+        self.runner = self.api.edge_runner("resample")
 
     def logits(self, senders: list[Node], receivers: list[Node]) -> Tensor:
         """Answer logits with the senders' outputs swapped on their paths into the receivers."""
-        eng = self.engine
-        start = min(eng.weights.n_layers if r.kind == "logits" else int(r.layer or 0)
-                    for r in receivers)
-        keep = keep_mask(eng.graph, senders, receivers).to(**self.kw)  # type: ignore[arg-type]
+        g = self.api.graph
+        start = min(g.n_layers if r.kind == "logits" else int(r.layer or 0) for r in receivers)
+        keep = keep_mask(g, senders, receivers).to(**self.api.kw)  # type: ignore[arg-type]
         with torch.no_grad():
-            return eng.forward.run(eng.enc.clean, eng.enc.answer_pos,
-                                   Patch(edge=keep, edge_mode="resample"), eng.values,
-                                   start=start, state=self.state)[0]
+            return self.runner.logits(keep, start_layer=start)
 
 
 def feeds(graph: Graph, sender: Node, receivers: list[Node]) -> bool:
@@ -153,7 +144,7 @@ def sweep(ctx: Context, params: Params) -> PathSweep:
         raise WorkbenchError(f"no sender in {params.senders!r} feeds a receiver in "
                              f"{params.receivers!r}: senders must be upstream of receivers")
     base = baseline(ctx, params.direction, ctx.metric_fn(params.metric))
-    runner = PathRunner(base.engine)
+    runner = PathRunner(base.api)
     scores: dict[str, float] = {}
     for i, (name, s, r) in enumerate(jobs):
         ctx.check()

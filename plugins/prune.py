@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.ablation import Ablation
+from workbench.api import Ablation, Mode
 from workbench.errors import WorkbenchError
-from workbench.forward import Mode
 from workbench.graph import Circuit, Node
 from workbench.plugins import CircuitResult, Composite, Context, Curve, NodeScores, Table, Technique
 
@@ -48,7 +47,7 @@ def run(ctx: Context, params: Params) -> Composite:
     except ValueError:
         raise WorkbenchError("thresholds must be numbers like 70,80,90") from None
     mode = params.mode or ctx.mode
-    engine, fn = ctx.engine, ctx.metric_fn(params.metric)
+    api, fn = ctx.api, ctx.metric_fn(params.metric)
     comps = [n for n in ctx.graph.sources if n.kind == "attn" or (params.mlps and n.kind == "mlp")]
     base = list(ctx.ablations)
     steps = len(comps) * (2 + (params.orders + 1) * len(thresholds))
@@ -56,8 +55,8 @@ def run(ctx: Context, params: Params) -> Composite:
 
     def perf(ablated: list[Node]) -> float:
         counter.tick()
-        logits = engine.logits(base + [Ablation(n, mode) for n in ablated])
-        return engine.perf(logits, fn, mode).percent
+        logits = api.logits(base + [Ablation(n, mode) for n in ablated])
+        return api.perf(logits, fn, mode).percent
 
     alone = {n: perf([n]) for n in comps}
     greedy = sorted(comps, key=lambda n: (-alone[n], n.sort_key()))

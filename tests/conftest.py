@@ -58,3 +58,9 @@ def tiny_model(tiny_checkpoint: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def add3() -> LoadedModel:
     return load_model("add3", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bpe_numbers() -> LoadedModel:
+    """The bundled GPT-2-tokenizer model (years, counting): the test model for BPE paths."""
+    return load_model("bpe-numbers", device="cpu")

@@ -224,12 +224,12 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         (
             "metric logitdiff",
             "unknown metric 'logitdiff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl|l2",
+            "choose logit_diff|prob|accuracy|kl|l2|prob_diff",
         ),
         (
             "metric logit-diff",
             "unknown metric 'logit-diff': did you mean logit_diff? "
-            "choose logit_diff|prob|accuracy|kl|l2",
+            "choose logit_diff|prob|accuracy|kl|l2|prob_diff",
         ),
         (
             "ablate a9.1 mode=maen",

@@ -159,10 +159,10 @@ def test_edges_into_mlp_and_logits_equal_their_inputs(add3_engine: AblationEngin
                                                       mode: Mode) -> None:
     engine, graph, lay = add3_engine, add3_engine.graph, add3_engine.graph
     by_edges = engine.logits([Ablation(e, mode) for e in edges_into(graph, mlp(1))])
-    receiver = torch.zeros(len(MODES), lay.n_receivers, engine.n_pos)
-    receiver[MODES.index(mode), lay.mlp_receiver(1)] = 1.0  # m1's input, every position
+    receiver = torch.ones(lay.n_receivers, engine.n_pos)
+    receiver[lay.mlp_receiver(1)] = 0.0  # m1's input, every position
     by_input = engine.forward.run(engine.enc.clean, engine.enc.answer_pos,
-                                  Patch(receiver=receiver), engine.values)[0]
+                                  Patch(receiver=receiver, edge_mode=mode), engine.values)[0]
     assert close(by_edges, by_input)
     assert changed(by_input, engine.clean_logits)
     into_logits = engine.logits([Ablation(e, mode) for e in edges_into(graph, LOGITS)])

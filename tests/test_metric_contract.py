@@ -78,7 +78,8 @@ def test_metric_option_overrides_the_session_metric(mine: Session) -> None:
     assert ok(mine, "perf")["metric_name"] == "mine"
     bad = mine.execute("run eap metric=nope")
     assert not bad.ok and bad.error == (
-        "unknown metric 'nope': choose one of logit_diff, prob, accuracy, kl, l2, mine")
+        "unknown metric 'nope': choose one of logit_diff, prob, accuracy, kl, l2, prob_diff, "
+        "mine")
 
 
 def test_mine_performance_equals_logit_diff_performance(mine: Session) -> None:
@@ -117,7 +118,7 @@ def test_l2_uses_centred_logits() -> None:
 
 
 def test_builtins_declare_their_direction() -> None:
-    assert METRICS == ("logit_diff", "prob", "accuracy", "kl", "l2")
+    assert METRICS == ("logit_diff", "prob", "accuracy", "kl", "l2", "prob_diff")
     lower = {name for name, m in BUILTIN_METRICS.items() if m.direction == "lower"}
     assert lower == {"kl", "l2"}
     assert not BUILTIN_METRICS["accuracy"].differentiable

@@ -121,13 +121,16 @@ def test_prompts_from_jsonl(session: Session, tmp_path: Path) -> None:
     prompts = make_task("addition", digits=3).prompt_set(31, seed=5, split="test")
     path = tmp_path / "mine.jsonl"
     prompts.save_jsonl(path)
-    with path.open("a") as f:  # plus one written by hand: a string answer, one digit per unit
+    with path.open("a") as f:  # plus one written by hand: a string answer is free text
         f.write(json.dumps({"clean": "123+456=", "corrupted": "923+456=", "answer": "0579",
                             "contrast": "1379"}) + "\n")
     out = ok(session, f"prompts {path}")
     assert out["name"] == "mine" and out["n"] == 32 and out["example"] == prompts.pairs[0].clean
-    assert session.state.prompts is not None and session.state.prompts.pairs[-1].answer == (
-        "0", "5", "7", "9")
+    last = session.state.prompts.pairs[-1] if session.state.prompts is not None else None
+    assert last is not None and last.answer == ("0579",) and last.multi_token
+    assert session.state.model is not None
+    assert session.engine().enc.answer[-1].tolist() == session.state.model.tokenizer.encode(
+        "0579", add_special_tokens=False)  # the digit tokenizer: one token per digit
     perf = ok(session, "perf")
     assert perf["percent"] == 100.0 and perf["accuracy"] == 1.0
 

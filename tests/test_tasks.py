@@ -146,7 +146,10 @@ def test_unknown_corruption_is_an_error() -> None:
 # --- style, determinism, split -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+DIGIT_TASKS = ("addition", "greater_than", "multiplication", "sequence")
+
+
+@pytest.mark.parametrize("name", DIGIT_TASKS)
 def test_spaced_style_gives_single_token_units(name: str, bpe_tokenizer) -> None:
     digits = make_task(name).pairs(100, seed=4)
     spaced = make_task(name, style="spaced").pairs(100, seed=4)
@@ -236,7 +239,7 @@ GOOD = json.dumps({"clean": "12+34=", "corrupted": "13+34=", "answer": "046",
     ('{"clean": "12+34=", "answer": "046"}', "p.jsonl:3: missing field(s) corrupted"),
     ('{"clean": 12, "corrupted": "13+34=", "answer": "046"}', "p.jsonl:3: clean and corrupted"),
     ('{"clean": "1=", "corrupted": "2=", "answer": 46}', "p.jsonl:3: answer must be a string"),
-    ('{"clean": "1=", "corrupted": "2=", "answer": "046", "contrast": "04"}',
+    ('{"clean": "1=", "corrupted": "2=", "answer": ["0", "4", "6"], "contrast": ["0", "4"]}',
      "p.jsonl:3: contrast has 2 entries but answer has 3"),
     ('{"clean": "1=", "corrupted": "2=", "answer": ""}', "p.jsonl:3: a prompt pair needs"),
 ])

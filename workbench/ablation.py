@@ -25,7 +25,7 @@ from torch import Tensor
 
 from workbench import memory
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, wide
+from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, _Mix, wide
 from workbench.graph import Circuit, Edge, Graph, Node
 from workbench.metrics import Metric, Report, answer_logits, get_metric, performance
 from workbench.model import LoadedModel
@@ -69,6 +69,7 @@ class AblationEngine:
 
     def __init__(self, model: LoadedModel, enc: EncodedPrompts, graph: Graph | None = None
                  ) -> None:
+        self.model = model  # for engines on derived prompt sets (EngineAPI.swapped)
         self.weights = model.weights  # shared with the model: one copy of the weights
         self.graph = graph or Graph.from_sizes(self.weights.n_layers, self.weights.n_heads)
         self.forward = Forward(self.weights)
@@ -127,50 +128,51 @@ class AblationEngine:
     # -- building patches ------------------------------------------------------------------
 
     def patch(self, ablations: Iterable[Ablation]) -> Patch:
-        """Named ablations -> dense masks (modes, ...)."""
-        lay, n_modes = self.graph, len(MODES)
-        node = torch.zeros(n_modes, lay.n_sources, self.n_pos, **self.kw)
-        receiver = torch.zeros(n_modes, lay.n_receivers, self.n_pos, **self.kw)
-        neuron, edge, edge_modes = None, None, set()
+        """Named ablations -> dense keep masks (1 = kept) with each entry's mode."""
+        lay = self.graph
+        node = torch.ones(lay.n_sources, self.n_pos, **self.kw)
+        receiver = torch.ones(lay.n_receivers, self.n_pos, **self.kw)
+        node_mode = torch.zeros(node.shape, dtype=torch.long, device=self.device)
+        receiver_mode = torch.zeros(receiver.shape, dtype=torch.long, device=self.device)
+        neuron = neuron_mode = None
+        edge, edge_modes = None, set()
         for ab in ablations:
             if isinstance(ab.target, Edge):
-                if ab.target not in self.graph.edge_index:
+                index = self.graph.index(ab.target)
+                if index is None:
                     raise WorkbenchError(f"edge {ab.target} is not in this model's graph")
                 if edge is None:
                     edge = torch.ones(lay.n_edges, **self.kw)
-                edge[self.graph.edge_index[ab.target]] = 0.0
+                edge[index] = 0.0
                 edge_modes.add(ab.mode)
                 continue
             n, m = ab.target, MODES.index(ab.mode)
             pos = slice(None) if n.pos is None else self._position(n.pos)
             self.graph.check(n.base())
             if n.kind == "neuron":
-                if neuron is None:
-                    neuron = torch.zeros(n_modes, lay.n_layers, self.weights.d_mlp, self.n_pos,
-                                         **self.kw)
+                if neuron is None or neuron_mode is None:
+                    neuron = torch.ones(lay.n_layers, self.weights.d_mlp, self.n_pos, **self.kw)
+                    neuron_mode = torch.zeros(neuron.shape, dtype=torch.long, device=self.device)
                 if not 0 <= n.index < self.weights.d_mlp:
                     raise WorkbenchError(f"{n}: MLP {n.layer} has neurons 0-"
                                          f"{self.weights.d_mlp - 1}")
-                neuron[m, n.layer, n.index, pos] = 1.0
+                _ablate(neuron, neuron_mode, (n.layer, n.index, pos), m)
             elif n.kind == "feature":
                 raise WorkbenchError(f"{n}: features need an SAE or transcoder loaded first")
             elif n.kind == "logits":
-                receiver[m, lay.n_receivers - 1, pos] = 1.0
+                _ablate(receiver, receiver_mode, (lay.n_receivers - 1, pos), m)
             elif n.port is not None:
                 assert n.layer is not None
                 port = "qkv".index(n.port)
-                receiver[m, lay.attn_receiver(n.layer, port, n.index), pos] = 1.0
+                _ablate(receiver, receiver_mode, (lay.attn_receiver(n.layer, port, n.index), pos),
+                        m)
             else:
-                node[m, self._source(n), pos] = 1.0
-        twice = (node.sum(0) > 1).any() or (receiver.sum(0) > 1).any() or (
-            neuron is not None and (neuron.sum(0) > 1).any())
-        if twice:
-            raise WorkbenchError("a component is ablated twice with different modes; restore it "
-                                 "first")
+                _ablate(node, node_mode, (self._source(n), pos), m)
         if len(edge_modes) > 1:
             raise WorkbenchError("ablated edges must share one mode; restore them and ablate "
                                  "again with one mode=")
-        return Patch(node=node, neuron=neuron, receiver=receiver, edge=edge,
+        return Patch(node=node, node_mode=node_mode, neuron=neuron, neuron_mode=neuron_mode,
+                     receiver=receiver, receiver_mode=receiver_mode, edge=edge,
                      edge_mode=edge_modes.pop() if edge_modes else "mean")
 
     def _source(self, n: Node) -> int:
@@ -193,7 +195,7 @@ class AblationEngine:
         """Answer logits (batch, n_answer, vocab) with `ablations` applied, recomputing only from
         the earliest layer whose interventions changed since the previous call."""
         patch = self.patch(ablations)
-        keys = self._layer_keys(patch)
+        keys = self._layer_keys(patch.mix())
         start = 0
         if self._last is not None:
             old_keys, _ = self._last
@@ -209,7 +211,7 @@ class AblationEngine:
         self.last_start = start
         return logits
 
-    def _layer_keys(self, patch: Patch) -> list[bytes]:
+    def _layer_keys(self, patch: _Mix) -> list[bytes]:
         """One key per stage: input, each layer, the logits. Equal keys = same interventions."""
         lay = self.graph
         assert patch.node is not None and patch.receiver is not None
@@ -233,18 +235,18 @@ class AblationEngine:
     def empty_logits(self, mode: Mode) -> Tensor:
         """Every edge ablated: the logits read the all-ablated residual (cached per mode)."""
         if mode not in self._empty:
-            patch = Patch(receiver=self._logits_receiver(mode))
+            patch = self._logits_receiver(mode)
             with torch.no_grad():
                 self._empty[mode] = self.forward.run(
                     self.enc.clean, self.enc.answer_pos, patch, self.values,
                     start=self.weights.n_layers, state=self._final_state())[0]
         return self._empty[mode]
 
-    def _logits_receiver(self, mode: Mode) -> Tensor:
-        lay = self.graph
-        r = torch.zeros(len(MODES), lay.n_receivers, self.n_pos, **self.kw)
-        r[MODES.index(mode), -1] = 1.0
-        return r
+    def _logits_receiver(self, mode: Mode) -> Patch:
+        """The logits read the all-ablated residual in `mode`."""
+        keep = torch.ones(self.graph.n_receivers, self.n_pos, **self.kw)
+        keep[-1] = 0.0
+        return Patch(receiver=keep, edge_mode=mode)
 
     def _final_state(self) -> State:
         return State(resid_pre=list(self.clean.resid_pre), deltas=[])
@@ -289,6 +291,15 @@ class AblationEngine:
 def _bytes(t: Tensor) -> bytes:
     """A mask's contents as bytes (0/1 masks are exact in float32; numpy has no bfloat16)."""
     return t.detach().to(torch.float32).cpu().numpy().tobytes()
+
+
+def _ablate(keep: Tensor, mode: Tensor, index: tuple[object, ...], m: int) -> None:
+    """Set keep = 0 with mode m at `index`; refuse an entry already ablated in another mode."""
+    if bool(((keep[index] == 0) & (mode[index] != m)).any()):
+        raise WorkbenchError("a component is ablated twice with different modes; restore it "
+                             "first")
+    keep[index] = 0.0
+    mode[index] = m
 
 
 def _zero_values(w: Weights, clean: Activations) -> Activations:

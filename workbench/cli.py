@@ -129,6 +129,8 @@ def _int_word(value: str, key: str) -> int:
 
 def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, Any]:
     """Metrics of a loaded model on a generated prompt set, as `eval --json` prints them."""
+    import torch
+
     from workbench.metrics import Report, answer_logits
     from workbench.tasks import make_task
     from workbench.tasks.encode import encode
@@ -136,7 +138,10 @@ def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, A
     n, seed, corrupt, task_options = _split_run_options(dict(options))
     task = make_task(task_name, **task_options)
     enc = encode(task.prompt_set(n, seed, corrupt, split="test"), model.tokenizer)
-    report = Report.of(answer_logits(model.logits(enc.clean), enc), enc)
+    chunk = max(1, 2**24 // (enc.clean.numel() // enc.n * len(model.tokenizer)))  # ~64 MB each
+    parts = [enc.subset(slice(i, i + chunk)) for i in range(0, enc.n, chunk)]
+    al = torch.cat([answer_logits(model.logits(part.clean), part) for part in parts])
+    report = Report.of(al, enc)
     typed = {k: getattr(task, k) for k in task_options}  # as the task read them
     return {"model": model.identity.source, "identity": model.identity.sha256,
             "task": task_name, "options": typed, **asdict(report)}
@@ -164,7 +169,8 @@ def cmd_eval(argv: list[str]) -> int:
         digits = " ".join(f"{a:.3f}" for a in result["per_digit_accuracy"])
         print(f"{result['model']} on {result['task']} (n={result['n']}): accuracy "
               f"{result['accuracy']:.4f}, per digit [{digits}], logit diff "
-              f"{result['logit_diff']:.3f}, answer prob {result['prob']:.3f}")
+              f"{result['logit_diff']:.3f}, answer prob {result['prob']:.3f}, prob diff "
+              f"{result['prob_diff']:.3f}")
     return 0
 
 
@@ -185,6 +191,22 @@ def cmd_open(argv: list[str]) -> int:
     return run_app(args.model, path, device=args.device, download=args.download)
 
 
+def _mix(specs: list[str]) -> list[dict[str, Any]]:
+    """`--mix 'counting kind=months'` -> [{"task": "counting", "options": {"kind": "months"}}],
+    options typed as the task reads them."""
+    from workbench.tasks import make_task
+
+    out = []
+    for spec in specs:
+        words = spec.split()
+        if not words:
+            raise WorkbenchError("--mix needs a task name, e.g. --mix 'counting kind=months'")
+        options = dict(key_values(words[1:]))
+        task = make_task(words[0], **options)
+        out.append({"task": words[0], "options": {k: getattr(task, k) for k in options}})
+    return out
+
+
 def cmd_train(argv: list[str]) -> int:
     from workbench.train import TrainConfig, command_line, train, write_card
 
@@ -203,6 +225,11 @@ def cmd_train(argv: list[str]) -> int:
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step but keep the --steps-long schedule")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
+    p.add_argument("--tokenizer", choices=("digits", "gpt2"), default="digits",
+                   help="digits (one token per character) or gpt2 (GPT-2's exact BPE)")
+    p.add_argument("--mix", action="append", default=[], metavar="'TASK key=value ...'",
+                   help="train this task too (repeatable), e.g. --mix 'counting kind=months'")
+    p.add_argument("--half", action="store_true", help="store the weights in float16")
     args = _parse(p, argv)
     from workbench.tasks import TASKS, make_task
 
@@ -215,7 +242,8 @@ def cmd_train(argv: list[str]) -> int:
         f: getattr(args, f) for f in ("seed", "steps", "batch", "n_layer", "d_model", "n_head",
                                       "lr", "weight_decay", "warmup", "log_every",
                                       "eval_every", "eval_n", "target", "threads",
-                                      "stop_at", "save_every")})
+                                      "stop_at", "save_every")},
+                      tokenizer=args.tokenizer, half=args.half, mix=_mix(args.mix))
 
     def show(row: dict[str, Any]) -> None:
         if row["split"] == "test":

@@ -36,7 +36,8 @@ __all__ = [
     "parse",
 ]
 
-METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl", "l2")  # == metrics.METRICS
+METRICS: tuple[str, ...] = ("logit_diff", "prob", "accuracy", "kl", "l2",
+                            "prob_diff")  # == metrics.METRICS
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
 EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json", ".pdf")
 FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # export r<n>: matplotlib

@@ -99,7 +99,7 @@ def figure_of(result: Any) -> Figure:
     if isinstance(result, NodeScores):
         return head_heat(result) or _bars(result.title, result.ranked(), result.unit)
     if isinstance(result, EdgeScores):
-        top = result.top(TOP_BARS)  # == ranked()[:TOP_BARS], without 2.2M Edges at XL
+        top = result.top(TOP_BARS)  # one topk, not a sort of every edge (2.2M at XL)
         return Bars(result.title, tuple(str(e) for e, _ in top), tuple(v for _, v in top),
                     result.unit, int(result.values.numel()))
     if isinstance(result, Table):

@@ -14,7 +14,9 @@ biases (b_O). An intervention changes what a source writes or what a receiver re
 A plain run can also keep what one backward needs for the gradient at every receiver's input
 (`Capture`): that is how edge attribution patching scores every edge.
 
-Masks carry a leading mode axis (zero, mean, resample) so one forward mixes modes. The run can
+Every mask of a `Patch` is a keep mask (1 = kept, 0 = ablated, the one polarity of the API) with
+a mode per entry; `Patch.mix` turns them into per-mode weights (a leading mode axis: zero, mean,
+resample) so one forward mixes modes. The run can
 start at any layer from a cached `State`, which is how a toggle recomputes only from the
 earliest changed layer. Only answer positions are unembedded.
 
@@ -100,12 +102,50 @@ class Activations:
 
 @dataclass(frozen=True)
 class Patch:
-    """Dense interventions for one forward. Node/neuron/receiver masks: 1 = ablated."""
+    """Dense interventions for one forward, all in one polarity: 1 = kept (as the run has it),
+    0 = ablated (replaced by the value of its mode), values in between interpolate.
+
+    Each mask has a matching `*_mode` tensor of indices into MODES saying which ablation value
+    an entry takes where it is not kept (None: `edge_mode` for every entry), so one forward can
+    mix modes (`ablate a0.1 mode=zero` beside mean-ablated heads).
+    """
+
+    node: Tensor | None = None  # (n_sources, pos) keep of each source's output
+    node_mode: Tensor | None = None  # (n_sources, pos) long
+    neuron: Tensor | None = None  # (n_layers, d_mlp, pos) keep of each MLP neuron
+    neuron_mode: Tensor | None = None
+    receiver: Tensor | None = None  # (n_receivers, pos) keep of each receiver's whole input
+    receiver_mode: Tensor | None = None
+    edge: Tensor | None = None  # (n_edges,) or (batch, n_edges) keep of each edge
+    edge_mode: Mode = "mean"
+
+    def mix(self) -> _Mix:
+        """The per-mode ablation weights the forward applies: (1 - keep) for the entry's mode,
+        0 for the others."""
+        default = MODES.index(self.edge_mode)
+
+        def weights(keep: Tensor | None, mode: Tensor | None) -> Tensor | None:
+            if keep is None:
+                return None
+            gone = 1 - keep
+            index = mode if mode is not None else torch.full(
+                keep.shape, default, dtype=torch.long, device=keep.device)
+            modes = torch.arange(len(MODES), device=keep.device).view(-1, *[1] * keep.dim())
+            return (index.unsqueeze(0) == modes).to(gone.dtype) * gone.unsqueeze(0)
+
+        return _Mix(weights(self.node, self.node_mode), weights(self.neuron, self.neuron_mode),
+                    weights(self.receiver, self.receiver_mode), self.edge, self.edge_mode)
+
+
+@dataclass(frozen=True)
+class _Mix:
+    """`Patch.mix()`: per-mode ablation weights, each (n_modes, ...) -- the forward's working
+    form (a leading mode axis, weight of each mode's value); `edge` stays a keep vector."""
 
     node: Tensor | None = None  # (n_modes, n_sources, pos)
     neuron: Tensor | None = None  # (n_modes, n_layers, d_mlp, pos)
     receiver: Tensor | None = None  # (n_modes, n_receivers, pos)
-    edge: Tensor | None = None  # (n_edges,) or (batch, n_edges) keep; 0 = ablated (edge_mode)
+    edge: Tensor | None = None
     edge_mode: Mode = "mean"
 
 
@@ -263,7 +303,7 @@ class Forward:
         were the same. `capture` (plain runs with shared inputs) keeps what receiver gradients
         need.
         """
-        w, lay, patch = self.w, self.graph, patch or Patch()
+        w, lay, patch = self.w, self.graph, (patch or Patch()).mix()
         values = values or {}
         edge = patch.edge
         edge_abl = values.get(patch.edge_mode) if edge is not None else None
@@ -335,7 +375,7 @@ class Forward:
 
     # -- pieces -------------------------------------------------------------------------
 
-    def _attn_out(self, z: Tensor, layer: int, patch: Patch, values: dict[Mode, Activations],
+    def _attn_out(self, z: Tensor, layer: int, patch: _Mix, values: dict[Mode, Activations],
                   new: State, edge_abl: Activations | None, flat: bool) -> Tensor:
         """(batch, pos, d): what the layer's heads write (b_O included), as one GEMM.
 
@@ -362,7 +402,7 @@ class Forward:
             new.add_delta(d.permute(2, 0, 1, 3), lay.n_sources, flat)
         return out
 
-    def _attn_inputs(self, resid: Tensor, layer: int, patch: Patch,
+    def _attn_inputs(self, resid: Tensor, layer: int, patch: _Mix,
                      values: dict[Mode, Activations], state: State) -> Tensor:
         """(batch, pos, d) shared input, or (3, head, batch, pos, d) per q/k/v and head (the
         layout the edge mixing GEMM writes and the q/k/v batched product reads, no copies)."""
@@ -384,7 +424,7 @@ class Forward:
         return x
 
     @staticmethod
-    def _edge_input(x: Tensor, patch: Patch, state: State,
+    def _edge_input(x: Tensor, patch: _Mix, state: State,
                     block: Callable[[Tensor], Tensor]) -> Tensor:
         """What a receiver reads: `x` minus each ablated edge's share.
         `block` cuts this receiver group's coefficients out of an (..., n_edges) vector."""
@@ -402,7 +442,7 @@ class Forward:
             return x + _FlatMix.apply(coef, prefix, *live)
         return x + _dense_mix(prefix, coef)
 
-    def _receiver_input(self, resid: Tensor, receiver: int, patch: Patch,
+    def _receiver_input(self, resid: Tensor, receiver: int, patch: _Mix,
                         values: dict[Mode, Activations], where: str, layer: int) -> Tensor:
         """Replace an MLP's or the logits' input by the ablated residual where masked."""
         if patch.receiver is None or not bool(patch.receiver[:, receiver].any()):

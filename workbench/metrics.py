@@ -7,6 +7,15 @@ value per prompt, and a declared direction (`higher` or `lower` is better). `log
 being scored and of the unablated model on the same prompts. `answer_logits` gathers them from
 full logits; the ablation engine unembeds only those positions.
 
+Answers of different token lengths: every metric averages over the slots `enc.mask` marks
+real (a prompt's answer may be one token, another's three).
+
+`prob_diff` (Hanna et al.'s greater-than metric): at the first answer slot, the summed
+probability of the accepted one-token answers minus that of the rejected ones (years: p(YY > XX)
+minus p(YY <= XX)); for a prompt without accepted and rejected one-token sets, p(answer) minus
+p(contrast) averaged over the real slots where they differ.
+
+
 Built in (`BUILTIN_METRICS`): `logit_diff`, `prob`, `accuracy` (not differentiable), `kl`
 (KL(clean || run), lower is better) and `l2` (ACDC's metric: squared Euclidean distance of the
 answer logits to the clean model's, lower is better). `l2` compares logits *centred over the
@@ -44,47 +53,98 @@ def answer_logits(logits: Tensor, enc: EncodedPrompts) -> Tensor:
 
 
 def logit_diff_per_prompt(al: Tensor, enc: EncodedPrompts) -> Tensor:
-    """(batch,) mean over answer positions where answer != contrast of logit(ans) - logit(con).
+    """(batch,) mean over real answer slots where answer != contrast of logit(ans) - logit(con).
 
     Positions where the contrast equals the answer carry no signal and are left out; a prompt
     with no such position scores 0.
     """
     ans = al.gather(-1, enc.answer.unsqueeze(-1)).squeeze(-1)
     con = al.gather(-1, enc.contrast.unsqueeze(-1)).squeeze(-1)
-    mask = (enc.answer != enc.contrast).to(al.dtype)
+    mask = ((enc.answer != enc.contrast) & enc.mask).to(al.dtype)
     return ((ans - con) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def _masked_mean(values: Tensor, enc: EncodedPrompts) -> Tensor:
+    """(batch, n_answer) -> (batch,) mean over the real answer slots."""
+    mask = enc.mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def prob_per_prompt(al: Tensor, enc: EncodedPrompts) -> Tensor:
-    """(batch,) mean probability of the answer unit over answer positions."""
+    """(batch,) mean probability of the answer token over real answer slots."""
     probs = al.float().softmax(-1)
-    return probs.gather(-1, enc.answer.unsqueeze(-1)).squeeze(-1).mean(-1)
+    return _masked_mean(probs.gather(-1, enc.answer.unsqueeze(-1)).squeeze(-1), enc)
 
 
-def kl_per_prompt(al: Tensor, reference: Tensor) -> Tensor:
-    """(batch,) KL(reference || al) averaged over answer positions (both answer logits)."""
+def kl_per_prompt(al: Tensor, reference: Tensor, enc: EncodedPrompts | None = None) -> Tensor:
+    """(batch,) KL(reference || al) averaged over real answer slots (both answer logits)."""
     log_p = reference.float().log_softmax(-1)
     log_q = al.float().log_softmax(-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return kl.mean(-1) if enc is None else _masked_mean(kl, enc)
 
 
 def correct_per_prompt(al: Tensor, enc: EncodedPrompts) -> Tensor:
-    """(batch,) bool: exact match, or the prediction is among the pair's accepted answers."""
+    """(batch,) bool: exact match on the real slots, or the prediction is among the pair's
+    accepted answers."""
     pred = al.argmax(-1)
-    exact = (pred == enc.answer).all(-1)
+    mask = enc.mask
+    exact = ((pred == enc.answer) | ~mask).all(-1)
     if all(a is None for a in enc.accepted):
         return exact
-    rows = pred.tolist()
+    rows, widths = pred.tolist(), mask.sum(-1).tolist()
     return torch.tensor(
-        [bool(e) if acc is None else tuple(r) in acc
-         for e, r, acc in zip(exact.tolist(), rows, enc.accepted, strict=True)],
+        [bool(e) if acc is None else tuple(r[:w]) in acc
+         for e, r, w, acc in zip(exact.tolist(), rows, widths, enc.accepted, strict=True)],
         device=pred.device,
     )
 
 
 def per_digit_accuracy(al: Tensor, enc: EncodedPrompts) -> list[float]:
-    """Fraction correct at each answer position (teacher forced)."""
-    return (al.argmax(-1) == enc.answer).float().mean(0).tolist()
+    """Fraction correct at each answer slot (teacher forced), over the prompts that have it."""
+    mask = enc.mask.float()
+    hit = (al.argmax(-1) == enc.answer).float() * mask
+    return (hit.sum(0) / mask.sum(0).clamp(min=1)).tolist()
+
+
+def _one_token_sets(enc: EncodedPrompts) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(rows, token ids, signs) of every accepted (+1) and rejected (-1) one-token answer of the
+    prompts that have both sets of one-token answers; None when no prompt has them."""
+    if enc.rejected is None:
+        return None
+    rows, ids, signs = [], [], []
+    for b, (acc, rej) in enumerate(zip(enc.accepted, enc.rejected, strict=True)):
+        if acc is None or rej is None or any(len(t) != 1 for t in acc | rej):
+            continue
+        for sign, group in ((1.0, acc), (-1.0, rej)):
+            for (token,) in group:
+                rows.append(b)
+                ids.append(token)
+                signs.append(sign)
+    if not rows:
+        return None
+    device = enc.answer.device
+    return (torch.tensor(rows, device=device), torch.tensor(ids, device=device),
+            torch.tensor(signs, device=device))
+
+
+def prob_diff_per_prompt(al: Tensor, enc: EncodedPrompts) -> Tensor:
+    """(batch,) p(accepted) - p(rejected) at the first answer slot (years: sum of p(YY > XX)
+    minus sum of p(YY <= XX)); else p(answer) - p(contrast) over the real slots that differ."""
+    probs = al.float().softmax(-1)
+    ans = probs.gather(-1, enc.answer.unsqueeze(-1)).squeeze(-1)
+    con = probs.gather(-1, enc.contrast.unsqueeze(-1)).squeeze(-1)
+    mask = ((enc.answer != enc.contrast) & enc.mask).float()
+    out = ((ans - con) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    sets = _one_token_sets(enc)
+    if sets is not None:
+        rows, ids, signs = sets
+        first = probs[:, 0]
+        summed = torch.zeros_like(out).index_add_(0, rows, first[rows, ids] * signs)
+        has = torch.zeros_like(out, dtype=torch.bool)
+        has[rows] = True
+        out = torch.where(has, summed, out)
+    return out
 
 
 def wide(t: Tensor) -> Tensor:
@@ -92,12 +152,13 @@ def wide(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def l2_per_prompt(al: Tensor, reference: Tensor) -> Tensor:
+def l2_per_prompt(al: Tensor, reference: Tensor, enc: EncodedPrompts | None = None) -> Tensor:
     """(batch,) squared L2 distance between the vocabulary-centred answer logits and the
-    reference's, summed over the vocabulary and averaged over answer positions."""
+    reference's, summed over the vocabulary and averaged over (real) answer positions."""
     a, r = wide(al), wide(reference)
     diff = (a - a.mean(-1, keepdim=True)) - (r - r.mean(-1, keepdim=True))
-    return diff.pow(2).sum(-1).mean(-1)
+    dist = diff.pow(2).sum(-1)
+    return dist.mean(-1) if enc is None else _masked_mean(dist, enc)
 
 
 @dataclass(frozen=True)
@@ -186,11 +247,13 @@ BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", lambda al, enc, clean: correct_per_prompt(al, enc).float(),
            differentiable=False, needs_clean=False,
            about="exact match (or an accepted answer)"),
-    Metric("kl", lambda al, enc, clean: kl_per_prompt(al, clean), direction="lower",
+    Metric("kl", lambda al, enc, clean: kl_per_prompt(al, clean, enc), direction="lower",
            flat_at_clean=True, about="KL(clean model || this run)"),
-    Metric("l2", lambda al, enc, clean: l2_per_prompt(al, clean), direction="lower",
+    Metric("l2", lambda al, enc, clean: l2_per_prompt(al, clean, enc), direction="lower",
            flat_at_clean=True,
            about="squared L2 distance of the centred answer logits to the clean model's"),
+    Metric("prob_diff", lambda al, enc, clean: prob_diff_per_prompt(al, enc), needs_clean=False,
+           about="p(accepted answers) - p(rejected) (years: p(YY > XX) - p(YY <= XX))"),
 )}
 METRICS: tuple[MetricName, ...] = tuple(BUILTIN_METRICS)
 
@@ -236,6 +299,7 @@ class Report:
     prob: float
     accuracy: float
     per_digit_accuracy: list[float]
+    prob_diff: float = float("nan")
 
     @classmethod
     def of(cls, al: Tensor, enc: EncodedPrompts) -> Report:
@@ -246,4 +310,5 @@ class Report:
             prob=metric("prob", al, enc),
             accuracy=metric("accuracy", al, enc),
             per_digit_accuracy=per_digit_accuracy(al, enc),
+            prob_diff=metric("prob_diff", al, enc),
         )

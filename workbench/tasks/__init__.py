@@ -17,9 +17,11 @@ from workbench.ranges import Range
 from workbench.tasks.arithmetic import Addition, Multiplication
 from workbench.tasks.base import PromptPair, PromptSet, Task
 from workbench.tasks.sequence import GreaterThan, SequenceContinuation
+from workbench.tasks.text import IOI, Counting, Years
 
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (Addition, Multiplication, SequenceContinuation, GreaterThan)
+    t.name: t for t in (Addition, Multiplication, SequenceContinuation, GreaterThan, Years,
+                        Counting, IOI)
 }
 
 __all__ = ["TASKS", "PromptPair", "PromptSet", "Task", "make_task", "coerce"]

@@ -10,6 +10,11 @@ Corruptions (the corrupted prompt keeps the clean prompt's length):
 - `repeated_digits`: each operand becomes its first digit repeated (`111+444=`);
 - `shuffled_operands`: the operand digits shuffled across both operands.
 The contrast at each answer position is the corrupted problem's answer digit there.
+
+`style=text` renders a problem as GPT-2 reads it: "12*34=" -> "408", no zero padding, operands
+of exactly `digits` digits, the answer free text (BPE may make it several tokens, scored token
+by token under teacher forcing). Its corrupted prompt is redrawn until it has the clean prompt's
+GPT-2 token length, so patching lines up position by position.
 """
 
 from __future__ import annotations
@@ -43,28 +48,45 @@ class _Binary(Task):
         raise NotImplementedError
 
     def text(self, a: int, b: int) -> str:
+        if self.style == "text":
+            return f"{a}{self.symbol}{b}="
         w = self.digits
         return f"{a:0{w}d}{self.symbol}{b:0{w}d}="
 
     def answer(self, a: int, b: int) -> str:
+        if self.style == "text":
+            return str(self.op(a, b))
         return f"{self.op(a, b):0{self.answer_width}d}"
 
     def _pair(self, rng: random.Random, corrupt: str) -> tuple[PromptPair, tuple[int, ...]]:
-        top = 10**self.digits
-        a, b = rng.randrange(top), rng.randrange(top)
+        low, top = (10 ** (self.digits - 1) if self.style == "text" and self.digits > 1 else 0,
+                    10**self.digits)
+        a, b = rng.randrange(low, top), rng.randrange(low, top)
         ca, cb = self._corrupt(rng, a, b, corrupt)
+        if self.style == "text":
+            from workbench.bpe import gpt2_encoding
+
+            n_tokens = len(gpt2_encoding().encode_ordinary(self.text(a, b)))
+            for _ in range(100):
+                if len(gpt2_encoding().encode_ordinary(self.text(ca, cb))) == n_tokens:
+                    break
+                ca, cb = self._corrupt(rng, a, b, corrupt)
+            else:
+                ca, cb = a, b  # no same-length corruption exists: the pair carries no signal
         pair = PromptPair(
             clean=self.render(self.text(a, b)),
             corrupted=self.render(self.text(ca, cb)),
             answer=self.units(self.answer(a, b)),
             contrast=self.units(self.answer(ca, cb)),
+            multi_token=self.style == "text",
         )
         return pair, (a, b)
 
     def _corrupt(self, rng: random.Random, a: int, b: int, corrupt: str) -> tuple[int, int]:
         w, top = self.digits, 10**self.digits
         if corrupt == "random_operands":
-            return rng.randrange(top), rng.randrange(top)
+            low = 10 ** (w - 1) if self.style == "text" and w > 1 else 0
+            return rng.randrange(low, top), rng.randrange(low, top)
         chars = list(f"{a:0{w}d}{b:0{w}d}")
         if corrupt == "random_digit":
             i = rng.randrange(len(chars))

@@ -2,11 +2,14 @@
 
 A task turns a seed into a `PromptSet`: clean prompt, corrupted prompt (same token length, a
 named corruption), the answer as a sequence of units scored one by one under teacher forcing
-(digits, most significant first), and one contrast unit per answer unit. Prompt sets round-trip
-through JSON Lines; a bad line is reported with its number and reason.
+(digits, most significant first), and one contrast unit per answer unit. A digit task's units
+are one token each; a text task (`multi_token=True`: "The war lasted ... 17" -> "32", IOI names,
+"12*34=" -> "408") gives free text that the tokenizer may split into several tokens. Prompt sets
+round-trip through JSON Lines; a bad line is reported with its number and reason.
 
 Invariant: a `PromptPair` is plain text only; turning it into token ids (and checking that every
-answer unit is one token) happens in `workbench.tasks.encode`, against a concrete tokenizer.
+answer unit of a digit task is one token) happens in `workbench.tasks.encode`, against a
+concrete tokenizer.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from workbench.errors import WorkbenchError
 
-Style = Literal["digits", "spaced"]
+Style = Literal["digits", "spaced", "text"]
 Split = Literal["train", "test", "all"]
 
 
@@ -36,6 +39,10 @@ class PromptPair:
     contrast: tuple[str, ...]
     # Complete answers also counted correct (greater-than); empty means only `answer`.
     accepted: tuple[str, ...] = ()
+    # Complete answers that are wrong, for `prob_diff` (greater-than: every YY <= XX).
+    rejected: tuple[str, ...] = ()
+    # Free text: each unit is tokenized as the tokenizer does and may be several tokens.
+    multi_token: bool = False
 
     def __post_init__(self) -> None:
         if not self.answer:
@@ -100,6 +107,7 @@ def _pair_from_line(line: str, path: Path, number: int) -> PromptPair:
     missing = [k for k in ("clean", "corrupted", "answer") if k not in obj]
     if missing:
         raise WorkbenchError(f"{where}: missing field(s) {', '.join(missing)}")
+    multi_token = isinstance(obj["answer"], str) or bool(obj.get("multi_token", False))
     answer = _units(obj["answer"], where, "answer")
     contrast = _units(obj.get("contrast", obj["answer"]), where, "contrast")
     if not isinstance(obj["clean"], str) or not isinstance(obj["corrupted"], str):
@@ -111,15 +119,18 @@ def _pair_from_line(line: str, path: Path, number: int) -> PromptPair:
             answer=answer,
             contrast=contrast,
             accepted=tuple(obj.get("accepted", ())),
+            rejected=tuple(obj.get("rejected", ())),
+            multi_token=multi_token,
         )
     except WorkbenchError as exc:
         raise WorkbenchError(f"{where}: {exc}") from None
 
 
 def _units(value: Any, where: str, name: str) -> tuple[str, ...]:
-    """Accept a list of tokens or a string (split into characters: one digit per unit)."""
+    """A list of units, or a string: free text, one unit the tokenizer may split into several
+    tokens (" Mary", "408", "0579" all work with any tokenizer)."""
     if isinstance(value, str):
-        return tuple(value)
+        return (value,) if value else ()
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise WorkbenchError(f"{where}: {name} must be a string or a list of strings")
@@ -176,13 +187,16 @@ class Task:
         raise NotImplementedError
 
     def render(self, text: str) -> str:
-        """Digits style keeps characters as they are; spaced puts one space before each digit
-        and symbol, which makes every digit a single token for GPT-2's BPE."""
-        if self.style == "digits":
+        """Digits and text styles keep characters as they are; spaced puts one space before each
+        digit and symbol, which makes every digit a single token for GPT-2's BPE."""
+        if self.style in ("digits", "text"):
             return text
         return "".join(" " + ch for ch in text)
 
     def units(self, text: str) -> tuple[str, ...]:
+        """Answer units: one per digit, or the whole answer as free text (style=text)."""
+        if self.style == "text":
+            return (text,)
         return tuple(ch if self.style == "digits" else " " + ch for ch in text)
 
 

@@ -59,6 +59,7 @@ class SequenceContinuation(Task):
             corrupted=self.render(self._text(bad)),
             answer=self.units(f"{nxt:0{self.width}d}"),
             contrast=self.units(f"{nxt - 1:0{self.width}d}"),
+            multi_token=self.style == "text",
         )
         return pair, (start,)
 
@@ -89,5 +90,7 @@ class GreaterThan(Task):
             answer=self.units(f"{yy:02d}"),
             contrast=self.units(f"{low:02d}"),
             accepted=tuple("".join(self.units(f"{y:02d}")) for y in range(xx + 1, 100)),
+            rejected=tuple("".join(self.units(f"{y:02d}")) for y in range(0, xx + 1)),
+            multi_token=self.style == "text",
         )
         return pair, (xx,)  # the problem is the start year; any YY > XX answers it

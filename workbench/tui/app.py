@@ -47,7 +47,7 @@ from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import GridPane, HeadGrid
 from workbench.tui.panes.log import LogPane
 from workbench.tui.panes.performance import PerformancePane
-from workbench.tui.panes.plots import FigurePane, result_figure, train_figure
+from workbench.tui.panes.plots import FigurePane, result_figure, result_key, run_of, train_figure
 from workbench.tui.panes.prompts import PromptsPane
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import circuit_of
@@ -241,11 +241,12 @@ class WorkbenchApp(SessionRunner):
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
         self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
         self.query_one(GraphView).show(self._graph_layout())
-        self.query_one("#plot-pane", FigurePane).show(*result_figure(self.selected_result,
-                                                                     result))
-        model = state.model
-        self.query_one("#train-pane", FigurePane).show(*train_figure(
-            getattr(model, "directory", None) if model is not None else None))
+        rid = self.selected_result
+        self.query_one("#plot-pane", FigurePane).show(result_key(rid, result),
+                                                      lambda: result_figure(rid, result))
+        directory = getattr(state.model, "directory", None)
+        self.query_one("#train-pane", FigurePane).show(
+            run_of(directory), lambda: train_figure(directory))
 
     def _graph_layout(self) -> GraphLayout | None:
         return None if self.session is None else \

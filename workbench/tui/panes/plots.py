@@ -16,6 +16,7 @@ model's run) changes, never per frame.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,11 @@ class FigurePane(VerticalScroll):
     def on_mount(self) -> None:
         self.mount(Static(Text(self.empty, style="dim")))
 
-    def show(self, key: Any, figure: Figure | None, note: str | None = None) -> None:
+    def show(self, key: Any, build: Callable[[], tuple[Figure | None, str | None]]) -> None:
+        """Show what `build()` returns -- called only when `key` differs from the last one."""
         if key == self.key:
             return
+        figure, note = build()
         self.key, self.figure = key, figure
         self.remove_children()
         if figure is None:
@@ -178,35 +181,45 @@ class FigurePane(VerticalScroll):
         self.mount_all(widgets_for(figure))
 
 
-def result_figure(rid: str | None, result: Any) -> tuple[Any, Figure | None, str | None]:
-    """(key, figure, note) for the plot tab."""
+def result_key(rid: str | None, result: Any) -> Any:
+    return None if rid is None or result is None else (rid, id(result))
+
+
+def result_figure(rid: str | None, result: Any) -> tuple[Figure | None, str | None]:
+    """(figure, note) for the plot tab."""
     if rid is None or result is None:
-        return (None, None, None)
+        return (None, None)
     try:
-        return ((rid, id(result)), figure_of(result), f"{rid}: {getattr(result, 'title', '')}"
-                "   (export " + rid + " FILE.png writes this figure)")
+        return (figure_of(result), f"{rid}: {getattr(result, 'title', '')}"
+                f"   (export {rid} FILE.png writes this figure)")
     except WorkbenchError as exc:
-        return ((rid, id(result)), None, str(exc))
+        return (None, str(exc))
 
 
-def train_figure(directory: Path | None) -> tuple[Any, Figure | None, str | None]:
-    """(key, figure, note) for the train tab: the loaded model's training run, if it has one."""
+def run_of(directory: Path | None) -> tuple[Path | None, int | None]:
+    """The training run a model directory belongs to, and the step when it is a checkpoint
+    saved by `--save-every` (`load RUN step=N`)."""
+    if directory is not None and directory.parent.name == "checkpoints":
+        digits = directory.name.rsplit("-", 1)[-1]
+        return directory.parent.parent, int(digits) if digits.isdigit() else None
+    return directory, None
+
+
+def train_figure(directory: Path | None) -> tuple[Figure | None, str | None]:
+    """(figure, note) for the train tab: the loaded model's training run, if it has one."""
     from workbench.training import curves_figure, read_log, shelf_lines
 
-    step = None
-    if directory is not None and directory.parent.name == "checkpoints":  # load RUN step=N
-        step = int(directory.name.rsplit("-", 1)[-1]) if directory.name[-1:].isdigit() else None
-        directory = directory.parent.parent
+    directory, step = run_of(directory)
     if directory is None or not (directory / "train_log.jsonl").is_file():
-        return (str(directory), None, "the loaded model has no training log (train_log.jsonl):"
-                " load a model trained by  workbench train  (e.g. load add3)")
+        return (None, "the loaded model has no training log (train_log.jsonl): load a model "
+                "trained by  workbench train  (e.g. load add3)")
     try:
         log = read_log(directory)
     except WorkbenchError as exc:
-        return (str(directory), None, str(exc))
+        return (None, str(exc))
     shelves = shelf_lines(log)
     note = f"training run {directory.name}: {len(log.steps)} logged steps, {log.n_digits} " \
         "answer digits" + ("".join(f"\nshelf {s}" for s in shelves) if shelves else "")
     if step is not None:
         note += f"\nloaded: the checkpoint at step {step} (grey line)"
-    return ((str(directory), step), curves_figure(log, marks=(step,) if step else ()), note)
+    return (curves_figure(log, marks=(step,) if step else ()), note)
