@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from workbench.api import MODES, Ablation, Mode
+from workbench.engine.api import MODES, Ablation, Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Node, expand
 from workbench.plugins import Context, NodeScores, Table, Technique

@@ -34,7 +34,7 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from workbench.api import AblationEngine, EdgeRunner, EngineAPI, Metric, Mode
+from workbench.engine.api import AblationEngine, EdgeRunner, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Context, Technique

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from workbench import memory
-from workbench.api import AblationEngine, EngineAPI, Metric, Mode
+from workbench.engine.api import AblationEngine, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, EdgeScores, Technique
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plugins.eap import edge_attribution, gradient_metric
-from workbench.api import Mode
+from workbench.engine.api import Mode
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, EdgeScores, Technique
 

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from workbench.api import ln
+from workbench.engine.api import ln
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, Table, Technique
 from workbench.positions import position_labels

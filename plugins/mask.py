@@ -24,7 +24,7 @@ from typing import Annotated
 
 import torch
 
-from workbench.api import Mode
+from workbench.engine.api import Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Composite, Context, Curve, EdgeScores, Technique

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from workbench.api import Weights, ln
+from workbench.engine.api import Weights, ln
 from workbench.errors import WorkbenchError
 from workbench.graph import parse_node
 from workbench.plugins import Context, NodeScores, Table, Technique

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from workbench.api import Ablation, EngineAPI, Metric
+from workbench.engine.api import Ablation, EngineAPI, Metric
 from workbench.errors import WorkbenchError
 from workbench.graph import INPUT, Node, Port, head, mlp
 from workbench.plugins import Context, NodeScores, Table, Technique

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from plugins.patch import Baseline, Direction, baseline, score
-from workbench.api import AblationEngine, EngineAPI
+from workbench.engine.api import AblationEngine, EngineAPI
 from workbench.errors import WorkbenchError
 from workbench.graph import PORTS, Edge, Graph, Node, expand
 from workbench.plugins import Context, NodeScores, Technique

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.api import Ablation, Mode
+from workbench.engine.api import Ablation, Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit, Node
 from workbench.plugins import CircuitResult, Composite, Context, Curve, NodeScores, Table, Technique

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from workbench.ablation import Ablation, AblationEngine
-from workbench.api import EngineAPI
+from workbench.engine.api import EngineAPI
 from workbench.errors import WorkbenchError
 from workbench.forward import MODES, Patch
 from workbench.graph import head

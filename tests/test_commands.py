@@ -65,6 +65,9 @@ EXAMPLES: list[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]]] = 
     ("export c2 figs/c2.SVG", "export", ("c2", "figs/c2.SVG"), ()),
     ("export c2 c2.json", "export", ("c2", "c2.json"), ()),
     ("save s.jsonl", "save", ("s.jsonl",), ()),
+    ("sae load add3", "sae", ("load", "add3"), ()),
+    ("sae load saes/ layer=1 site=mlp", "sae", ("load", "saes/"), (("layer", "1"),
+                                                                   ("site", "mlp"))),
     ("undo", "undo", (), ()),
     ("redo", "redo", (), ()),
     ("help", "help", (), ()),
@@ -304,3 +307,10 @@ def test_commands_module_is_pure_python() -> None:
     code = "import sys, workbench.commands; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sae_lines_are_checked() -> None:
+    assert "use sae load" in _error("sae unload add3")
+    assert "layer=x must be an integer >= 0" in _error("sae load add3 layer=x")
+    assert "choose attn_out|mlp|mlp_out" in _error("sae load add3 site=resid")
+    assert _error("sae load") == f"usage: {VERBS['sae'].usage}"

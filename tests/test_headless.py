@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("workbench", "workbench.session", "workbench.replay", "workbench.cli",
-        "workbench.ablation", "workbench.plugins")
+        "workbench.ablation", "workbench.plugins", "workbench.engine.api", "workbench.graph")
 
 PROBE = """
 import importlib, json, pkgutil, sys

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_features_attr import random_dicts  # SAEs/transcoders for feature_attr, feature_info
 from transformer_lens.hook_points import HookPoint
 
 from workbench.ablation import AblationEngine
@@ -53,8 +54,9 @@ def ctx(tiny_model: LoadedModel) -> Context:
     engine = AblationEngine(tiny_model, enc, Graph.of(tiny_model.card))
     with torch.no_grad():
         tiny_model.bridge(enc.clean[:1])  # warm-up: transformers installs its capture hooks
+    dicts = random_dicts(tiny_model.card.d_model, tiny_model.card.n_layers, dtype=torch.float32)
     return Context(model=tiny_model, prompts=prompts, enc=engine.enc, metric="logit_diff",
-                   mode="mean", graph=engine.graph, engine=engine)
+                   mode="mean", graph=engine.graph, engine=engine, dictionaries=dicts)
 
 
 # Techniques that read a task's own prompts run on bpe-numbers with `task years`.
@@ -136,6 +138,12 @@ def names_parse(result: Any) -> None:
             assert str(parse_edge(str(edge))) == str(edge)
     elif isinstance(result, Table):
         assert result.values.shape == (len(result.rows), len(result.cols))
+    elif callable(getattr(result, "select", None)):  # results that make their own circuits
+        circuit = result.select(top=20)
+        for node in circuit.nodes:
+            assert str(parse_node(str(node))) == str(node)
+        for edge in circuit.edges:
+            assert str(parse_edge(str(edge))) == str(edge)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -416,5 +416,86 @@ register("train", "train a bundled-style toy model on a task", cmd_train)
 register("replay", "re-execute a session file headless; check digests and integrity",
          cmd_replay)
 register("finetune", "fine-tune a GPT-2-family checkpoint on text", cmd_finetune)
+
+
+SAE_FLAGS = {
+    "d_sae": "dictionary features",
+    "k": "active features per vector (topk)",
+    "steps": "optimizer steps",
+    "batch": "prompts per step",
+    "seed": "random seed of data order, initial weights and resampling",
+    "resample_every": "resample dead features every N steps",
+    "eval_every": "measure L0 / FVU / dead / replacement every N steps",
+    "eval_n": "held-out prompts per evaluation",
+    "threads": "torch CPU threads",
+    "l1": "sparsity coefficient (relu: L1, jumprelu: L0)",
+    "lr": "Adam learning rate",
+}
+
+
+def cmd_train_sae(argv: list[str]) -> int:
+    """Train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder; Ctrl-C saves."""
+    from rich import progress as rp
+
+    from workbench.features.train import SaeConfig, command_line, train_sae
+
+    defaults = SaeConfig()
+    p = argparse.ArgumentParser(prog="workbench train-sae",
+                                description="train a sparse dictionary on a model's activations")
+    p.add_argument("--model", default=defaults.model,
+                   help="bundled name, checkpoint folder or cached hub name (default add3)")
+    p.add_argument("--site", required=True, help="attn_out | mlp_out | resid_pre | mlp")
+    p.add_argument("--layer", type=int, required=True, help="the layer of the site")
+    p.add_argument("--transcoder", action="store_true", help="with --site mlp: MLP in -> out")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder to write (SAELens layout: cfg.json + sae_weights.safetensors)")
+    p.add_argument("--task", default=None, help="default: the model's own task")
+    p.add_argument("--text", default=None, help="a text file to stream instead of a task")
+    p.add_argument("--sparsity", default=defaults.sparsity, help="topk | relu (L1) | jumprelu")
+    for name, text in SAE_FLAGS.items():
+        kind = float if name in ("l1", "lr") else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
+                       help=f"{text} (default {getattr(defaults, name)})")
+    p.add_argument("--wandb", action="store_true", help="log to wandb (offline unless set up)")
+    p.add_argument("options", nargs="*", help="task options, e.g. digits=3")
+    args = p.parse_args(argv)
+    cfg = SaeConfig(model=args.model, site=args.site, layer=args.layer,
+                    transcoder=args.transcoder, task=args.task,
+                    task_options=dict(key_values(args.options)), text=args.text,
+                    sparsity=args.sparsity, **{n: getattr(args, n) for n in (
+                        "d_sae", "k", "steps", "batch", "seed", "resample_every",
+                        "eval_every", "eval_n", "threads", "l1", "lr")})
+    cfg.check()
+    progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                           rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[info]}"),
+                           rp.TimeElapsedColumn())
+    bar = progress.add_task(f"train-sae {cfg.site} {cfg.layer}", total=cfg.steps, info="")
+
+    def show(row: dict[str, Any]) -> None:
+        if row["kind"] == "train":
+            progress.update(bar, completed=row["step"],
+                            info=f"FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}")
+        elif row["kind"] == "eval":
+            progress.console.print(
+                f"step {row['step']:>6}  L0 {row['l0']:.2f}  FVU {row['fvu']:.4f}  dead "
+                f"{row['dead']:.3f}  replacement {row['perf_drop']:.1f}% (error dropped), "
+                f"{row['perf_keep']:.1f}% (kept)")
+        elif row["kind"] == "resample":
+            progress.console.print(f"step {row['step']:>6}  resampled {row['dead']} dead")
+
+    with progress:
+        result = train_sae(cfg, args.out, on_log=show, wandb=args.wandb)
+    s = result.stats
+    print(f"saved {args.out} (SAELens layout): L0 {s['l0']:.2f}, FVU {s['fvu']:.4f}, dead "
+          f"{s['dead']:.3f}, replacement {s['perf_drop']:.1f}% after {result.steps} steps "
+          f"({result.seconds:.0f} s)")
+    if result.interrupted:
+        print(f"interrupted; reproduce the full run with: {command_line(cfg, args.out)}")
+        return 130
+    return 0
+
+
+register("train-sae", "train an SAE (attn_out|mlp_out|resid_pre) or an MLP transcoder",
+         cmd_train_sae)
 register("plot-train", "per-digit training curves of a run (and confusion at its checkpoints)",
          cmd_plot_train)

@@ -146,6 +146,13 @@ VERBS: dict[str, VerbSpec] = {
         2,
         (),
     ),
+    "sae": VerbSpec(
+        "sae load NAME_OR_DIR [layer=L] [site=attn_out|mlp|mlp_out] [download=yes]",
+        "attach SAEs/transcoders to the model (bundled set, SAELens or circuit-tracer folder)",
+        2,
+        2,
+        ("layer", "site", "download"),
+    ),
     "save": VerbSpec("save PATH", "save the session log to PATH", 1, 1, ()),
     "undo": VerbSpec("undo", "step back through state-changing commands", 0, 0, ()),
     "redo": VerbSpec("redo", "step forward through undone commands", 0, 0, ()),
@@ -366,6 +373,18 @@ def _check_export(cmd: Command) -> None:
         )
 
 
+def _check_sae(cmd: Command) -> None:
+    if cmd.args[0] != "load":
+        raise WorkbenchError(f"sae: unknown action '{cmd.args[0]}': use sae load NAME_OR_DIR")
+    _int_option(cmd, "layer", minimum=0)
+    site = cmd.option("site")
+    if site is not None:
+        _choice("dictionary site", site, ("attn_out", "mlp", "mlp_out"))
+    download = cmd.option("download")
+    if download is not None:
+        _choice("download", download, ("yes", "no"))
+
+
 def _check_help(cmd: Command) -> None:
     if cmd.args and cmd.args[0] not in VERBS:
         raise _unknown_verb(cmd.args[0])
@@ -382,6 +401,7 @@ _CHECKS: dict[str, Callable[[Command], None]] = {
     "check": _check_check,
     "compare": _check_compare,
     "export": _check_export,
+    "sae": _check_sae,
     "help": _check_help,
 }
 

@@ -172,7 +172,7 @@ def _circuit(ax: Any, fig: CircuitFig) -> None:
             :MAX_CIRCUIT_EDGES], key=lambda e: e.sort_key()))
     nodes = list(circuit.nodes)
     if len(circuit.edges) > len(edges):  # keep the picture readable: nodes of the edges drawn
-        keep = {str(e.src) for e in edges} | {str(e.dst.base()) for e in edges}
+        keep = {str(e.src) for e in edges} | {str(e.dst.with_port(None)) for e in edges}
         nodes = [n for n in nodes if str(n) in keep]
     ends = [e.ends() for e in edges]
     lay = layout(nodes, [(s, d) for s, d, _ in ends])

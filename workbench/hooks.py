@@ -52,6 +52,8 @@ class Site(Enum):
     RESULT = "attn.hook_result"  # (batch, pos, head, d_model); needs attn_result
     MLP_PRE = "mlp.hook_pre"  # (batch, pos, d_mlp)
     MLP_POST = "mlp.hook_post"
+    MLP_IN = "hook_mlp_in"  # (batch, pos, d_model): resid_mid, before ln2
+    LN2_NORMALIZED = "ln2.hook_normalized"  # (batch, pos, d_model): the MLP's input after ln2
 
 
 ROOT_SITES = frozenset({Site.EMBED, Site.POS_EMBED})
@@ -137,6 +139,17 @@ def capture(bridge: Any, tokens: Tensor, names: Sequence[str]) -> dict[str, Tens
     if missing:
         raise WorkbenchError(f"hook point {missing[0]} did not fire during the forward pass")
     return store
+
+
+def parse_hook_name(name: str) -> tuple[Site, int | None] | None:
+    """`blocks.3.hook_attn_out` -> (Site.ATTN_OUT, 3); None for a name that is not a Site
+    (dictionary files name their hook points this way)."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        site = next((s for s in Site if s.value == parts[2] and s not in ROOT_SITES), None)
+        return None if site is None else (site, int(parts[1]))
+    site = next((s for s in ROOT_SITES if s.value == name), None)
+    return None if site is None else (site, None)
 
 
 def _site_of(name: str) -> Site:

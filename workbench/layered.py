@@ -85,7 +85,7 @@ def layout(nodes: Sequence[Node], edges: Sequence[tuple[str, str]], *, widths: d
     engine = engine or engine_available()
     n_layers = max((n.layer or 0 for n in nodes if n.kind not in ("input", "logits")),
                    default=-1) + 1
-    ranks = {str(n.base()): rank_of(n, n_layers) for n in nodes}
+    ranks = {str(n.with_port(None)): rank_of(n, n_layers) for n in nodes}  # keeps @pos
     # Keep logits exactly one rank above the last sublayer that has nodes.
     n_ranks = 2 * n_layers + 2
     widths = widths or {}

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from workbench.ablation import Ablation, AblationEngine
-from workbench.api import EngineAPI
+from workbench.engine.api import EngineAPI
 from workbench.errors import WorkbenchError
+from workbench.features.replacement import DictionarySet
 from workbench.forward import Mode
 from workbench.graph import Circuit, Edge, Graph, connected, parse_node
 from workbench.metrics import BUILTIN_METRICS, Metric, MetricName, get_metric
@@ -41,6 +42,7 @@ BUILTINS = (
     "plugins.dla", "plugins.eap", "plugins.eap_ig", "plugins.acdc", "plugins.logit_lens",
     "plugins.attn", "plugins.ov_copy", "plugins.ablate_each", "plugins.patch",
     "plugins.path_patch", "plugins.prune", "plugins.mask", "plugins.year_probs",
+    "plugins.feature_attr", "plugins.feature_info",
 )
 ENTRY_POINT_GROUP = "workbench.plugins"
 
@@ -61,13 +63,14 @@ class Context:
     graph: Graph
     engine: AblationEngine
     ablations: tuple[Ablation, ...] = ()
+    dictionaries: DictionarySet = DictionarySet()  # attached SAEs/transcoders (`sae load`)
     progress: Callable[[float, str], None] = lambda fraction, message: None
     cancelled: Callable[[], bool] = lambda: False
     metrics: Mapping[str, Metric] = field(default_factory=lambda: dict(BUILTIN_METRICS))
 
     @property
     def api(self) -> EngineAPI:
-        """The engine API (`workbench.api`): the one surface techniques use."""
+        """The engine API (`workbench.engine.api`): the one surface techniques use."""
         return EngineAPI.of(self.engine, self.metrics)
 
     def metric_fn(self, name: str | None = None) -> Metric:
@@ -306,7 +309,10 @@ def select(result: Result, graph: Graph, top: int | None = None,
     and threshold= are not needed; given, they are not used and the note says so). Node
     scores: the `top` largest |scores|, or all with |score| >= threshold, with every graph
     edge between them. Edge scores: the same cut, then only the edges on a path from input
-    to logits (`graph.connected`)."""
+    to logits (`graph.connected`). A result with its own `select` (feature_attr's feature
+    graph) makes its circuit itself."""
+    if callable(getattr(result, "select", None)):
+        return Selection(result.select(top, threshold, name))  # type: ignore[union-attr]
     if isinstance(result, Composite):
         first = next((p for _, p in result.parts if not isinstance(p, Table | Curve)), None)
         if first is None:

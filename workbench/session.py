@@ -39,6 +39,7 @@ from workbench.bounds import check_alphabet
 from workbench.commands import Command, help_text, parse
 from workbench.errors import WorkbenchError, crash_report
 from workbench.export import export
+from workbench.features.replacement import DictionarySet
 from workbench.figures import CircuitFig, figure_of
 from workbench.figures_mpl import save as save_figure
 from workbench.files import Writes, write_atomic
@@ -76,6 +77,7 @@ class State:
     ablations: tuple[Ablation, ...] = ()
     results: tuple[tuple[str, Result], ...] = ()
     circuits: tuple[tuple[str, NamedCircuit], ...] = ()
+    dictionaries: DictionarySet = DictionarySet()  # SAEs/transcoders attached by `sae load`
     n_results: int = 0  # r<n> ids count up and are not reused (except after undo)
     n_circuits: int = 0
 
@@ -116,7 +118,7 @@ class Outcome:
         return body
 
 
-UNDOABLE = {"load", "task", "prompts", "metric", "ablate", "restore", "run", "select"}
+UNDOABLE = {"load", "task", "prompts", "metric", "ablate", "restore", "run", "select", "sae"}
 
 
 class Session:
@@ -222,7 +224,8 @@ class Session:
         source = cmd.args[0] if step is None else str(checkpoint_path(cmd.args[0], int(step)))
         model = load_model(source, device=cmd.option("device") or self.device,
                            dtype=cmd.option("dtype") or "float32")  # type: ignore[arg-type]
-        self.state = replace(self.state, model=model, ablations=())
+        self.state = replace(self.state, model=model, ablations=(),
+                             dictionaries=DictionarySet())
         if self.state.prompts is None:
             name, options = model.default_task()
             prompts = make_task(name, **options).prompt_set(256, self.seed, split="test")
@@ -318,6 +321,7 @@ class Session:
         ctx = Context(model=self._model(), prompts=self._prompts_now(), enc=engine.enc,
                       metric=self.state.metric, mode=self.state.mode,  # type: ignore[arg-type]
                       graph=engine.graph, engine=engine, ablations=self.state.ablations,
+                      dictionaries=self.state.dictionaries,
                       progress=progress or (lambda f, m: None),
                       cancelled=cancelled or (lambda: False), metrics=self.metrics)
         _check_work(tech, ctx, params)
@@ -343,7 +347,7 @@ class Session:
             chosen = select(result, engine.graph, top=int(top) if top else None,
                             threshold=float(threshold) if threshold else None)
             circuit, dropped, note = chosen.circuit, chosen.dropped, chosen.note
-            level = "node" if result.kind == "node_scores" else "edge"
+            level = "node" if result.kind == "node_scores" else getattr(result, "level", "edge")
         else:
             targets = self._targets(cmd.args, engine.graph, None)
             edge = next((t for t in targets if isinstance(t, Edge)), None)
@@ -370,9 +374,44 @@ class Session:
         engine = self.engine()
         mode: Mode = cmd.option("mode") or self.state.mode  # type: ignore[assignment]
         level = cmd.option("level") or named.level
+        if named.level == "feature" or any(n.kind == "feature" for n in named.circuit.nodes):
+            fn = get_metric(cmd.option("metric") or self.state.metric, self.metric_fns)
+            perf = self._feature_checker(engine).perf(named.circuit, fn, mode)
+            return {"id": cmd.args[0], "level": "feature", "mode": mode,
+                    **_perf_json(perf)}, perf
         logits = engine.circuit_logits(named.circuit, mode, level)
         perf = self._perf_of(engine, logits, mode, cmd.option("metric"))
         return {"id": cmd.args[0], "level": level, "mode": mode, **_perf_json(perf)}, perf
+
+    def _sae(self, cmd: Command) -> tuple[dict[str, Any], Any]:
+        """`sae load NAME_OR_DIR [layer=L] [site=S]`: attach dictionaries to the model."""
+        from workbench.features.files import resolve
+
+        engine = self.engine()
+        found = resolve(cmd.args[1], download=cmd.option("download") == "yes")
+        layer, site = cmd.option("layer"), cmd.option("site")
+        chosen = [d for d in found if (layer is None or d.layer == int(layer))
+                  and (site is None or d.site == site)]
+        if not chosen:
+            have = ", ".join(d.describe() for d in found)
+            raise WorkbenchError(f"sae load {cmd.args[1]}: nothing matches layer={layer} "
+                                 f"site={site} (it has {have})")
+        dicts = self.state.dictionaries.with_(
+            d.to(engine.weights.W_E.dtype, engine.device) for d in chosen)
+        dicts.check(engine.weights)
+        self.state = replace(self.state, dictionaries=dicts)
+        return {"loaded": [d.describe() for d in chosen],
+                "attached": dicts.keys()}, dicts
+
+    def _feature_checker(self, engine: AblationEngine) -> Any:
+        from workbench.features.circuit import FeatureChecker
+
+        dicts = self.state.dictionaries
+        last = getattr(self, "_checker", None)  # (engine, dicts, checker) of the last check
+        if last is None or last[0] is not engine or last[1] is not dicts:
+            last = (engine, dicts, FeatureChecker(engine, dicts))
+            self._checker = last
+        return last[2]
 
     def _compare(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         a, b = (self.state.circuit(c).circuit for c in cmd.args)

@@ -329,6 +329,17 @@ class WorkbenchApp(SessionRunner):
     def _left(self) -> None:
         self.query_one(HeadGrid).focus()
 
+    @on(GraphView.OpenNode)
+    def _open_node(self, message: GraphView.OpenNode) -> None:
+        """Enter on a feature node: show it (`run feature_info`); error nodes have none."""
+        from workbench.graph import parse_node
+
+        node = parse_node(message.node)
+        d = self.session.state.dictionaries.get(f"{node.site}{node.layer}") \
+            if self.session is not None and node.kind == "feature" else None
+        if d is not None and node.index < d.d_sae:
+            self.submit(f"run feature_info feature={node.base()}")
+
     @on(GraphView.NextCircuit)
     def _next_circuit(self) -> None:
         if self.session is None or not self.session.state.circuits:

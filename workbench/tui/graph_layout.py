@@ -101,7 +101,7 @@ class GraphLayout:
     def neighbours(self, name: str) -> frozenset[str]:
         incoming, outgoing = self.edges_of(name)
         return frozenset([str(e.src) for e in incoming] +
-                         [str(e.dst.base()) for e in outgoing])
+                         [str(e.dst.with_port(None)) for e in outgoing])
 
 
 def _row_label(node: Node) -> tuple[int, str]:

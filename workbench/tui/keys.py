@@ -117,6 +117,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("graph.zoom_reset", "0", "zoom(0)", "fit the picture to the pane again"),
     KeySpec("graph.more_edges", "e", "more_edges(2.0)", "draw twice as many edges"),
     KeySpec("graph.fewer_edges", "E", "more_edges(0.5)", "draw half as many edges"),
+    KeySpec("graph.open", "enter", "open_node", "open the selected feature (feature_info)"),
     # command line (when focused)
     KeySpec("cmdline.complete", "tab", "complete", "complete verb, node or parameter", True,
             short="complete"),

@@ -178,6 +178,9 @@ def card_view(state: State, session_path: str | None) -> CardView | None:
     if state.prompts is not None:
         lines.append(("prompts", f"{state.prompts.name} (n={len(state.prompts)})"))
     lines += [("metric", state.metric), ("ablation", state.mode)]
+    if state.dictionaries:
+        lines.append(("dictionaries", ", ".join(
+            d.describe() for d in state.dictionaries.ordered())))
     if session_path:
         lines.append(("session", session_path))
     return CardView(tuple(lines))

@@ -46,6 +46,13 @@ class GraphView(Widget, can_focus=True):
     class NextCircuit(Message):
         """The user asked to show the next circuit."""
 
+    class OpenNode(Message):
+        """The user asked to open the selected node (the app runs feature_info on features)."""
+
+        def __init__(self, node: str) -> None:
+            super().__init__()
+            self.node = node
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.picture: GraphLayout | None = None
@@ -81,6 +88,10 @@ class GraphView(Widget, can_focus=True):
 
     def action_next_circuit(self) -> None:
         self.post_message(self.NextCircuit())
+
+    def action_open_node(self) -> None:
+        if self.selected_name is not None:
+            self.post_message(self.OpenNode(self.selected_name))
 
     def action_pan(self, dx: int, dy: int) -> None:
         self.pan = (max(0, self.pan[0] + dx), max(0, self.pan[1] + dy))

@@ -128,6 +128,9 @@ def render_result(result: Result, query: str = "", top: int = TOP) -> Text:
 
 
 def render_part(result: object, query: str = "", top: int = TOP) -> Text:
+    if getattr(result, "kind", "") == "feature_graph":  # feature_attr: its kept nodes, ranked
+        result = NodeScores(result.title, dict(result.ranked()),  # type: ignore[attr-defined]
+                            result.unit)  # type: ignore[attr-defined]
     if isinstance(result, NodeScores | EdgeScores):
         return render_ranked(ranked(result, top, query))
     if isinstance(result, Table):
