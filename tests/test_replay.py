@@ -42,11 +42,15 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def fast_load(add3: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`load add3` (any device) gives the already loaded fixture; other sources load for real."""
+def fast_load(add3: LoadedModel, monkeypatch: pytest.MonkeyPatch,
+              request: pytest.FixtureRequest) -> None:
+    """`load add3` / `load bpe-numbers` (any device) give the already loaded fixtures; other
+    sources load for real."""
     real = session_module.load_model
 
     def load(source: str, *args: Any, **kwargs: Any) -> LoadedModel:
+        if source == "bpe-numbers":
+            return request.getfixturevalue("bpe_numbers")
         return add3 if source == "add3" else real(source, *args, **kwargs)
 
     monkeypatch.setattr(session_module, "load_model", load)

@@ -23,6 +23,7 @@ from workbench.plugins import EdgeScores, NodeScores
 from workbench.session import Session
 from workbench.tokenizer import build_tokenizer, save_tokenizer
 from workbench.tui.app import WorkbenchApp
+from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.head_grid import HeadGrid
 from workbench.tui.panes.results import ResultsPane
 from workbench.tui.result_views import ranked
@@ -179,6 +180,18 @@ async def test_xl_eap_result_shows_top_k_and_searches(xl_session: Session) -> No
         await pilot.press("ctrl+f", "ctrl+u", *"zzz", "enter")
         assert "nothing matches 'zzz'" in str(pane.query_one("#result-body").content)
 
+        app.submit("select r1 top=20")  # the graph tab is fed (at most) the top 20 edges
+        await settle(app, pilot)
+        graph = app.query_one(GraphView)
+        picture = graph.picture
+        top20 = {str(e) for e, _ in result.top(20)}
+        assert picture is not None and picture.circuits[0].name == "c1"
+        assert 0 < len(picture.circuits[0].edges) <= 20
+        assert {str(e) for e in picture.circuits[0].edges} <= top20
+        await pilot.press("enter")  # a toggle does not lay the circuit out again
+        await settle(app, pilot)
+        assert graph.picture is picture
+
 
 # -- the pieces underneath -----------------------------------------------------------------------
 
@@ -190,9 +203,12 @@ def test_edge_top_and_above_equal_a_full_stable_sort() -> None:
     scores = EdgeScores("t", graph, values)
     order = torch.argsort(values.abs(), descending=True, stable=True).tolist()
     full = [(graph.edges[i], float(values[i])) for i in order]
-    assert scores.ranked() == full
+    assert scores.ranked() == full and list(scores.ranked()) == full
+    ranked_ = scores.ranked()
+    assert len(ranked_) == len(full) and ranked_[3] == full[3] and ranked_[-1] == full[-1]
     for k in (0, 1, 7, graph.n_edges // 2, graph.n_edges, graph.n_edges + 5):
-        assert scores.top(k) == full[:k]
+        assert scores.top(k) == full[:k] and scores.ranked()[:k] == full[:k]
+    assert ranked_[2:9] == full[2:9] and ranked_[::5] == full[::5]
     assert scores.above(0.5) == [(e, v) for e, v in full if abs(v) >= 0.5]
     assert scores.summary()["top"][0] == [str(full[0][0]), full[0][1]]
     half = EdgeScores("t", graph, values.to(torch.bfloat16))

@@ -55,9 +55,12 @@ class Heat:
     x_label: str = ""
     y_label: str = ""
     annotate: bool = True  # write the values in the cells (small tables only)
+    limit: float = 0.0  # fixed colour-scale end (probabilities: 1.0); 0: the largest |value|
 
     @property
     def scale(self) -> float:
+        if self.limit > 0:
+            return self.limit
         finite = [abs(v) for row in self.values for v in row if math.isfinite(v)]
         return max(finite, default=0.0)
 

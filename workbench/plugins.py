@@ -19,10 +19,10 @@ import difflib
 import importlib
 import math
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -124,10 +124,11 @@ class EdgeScores:
         return {"kind": self.kind, "title": self.title, "unit": self.unit,
                 "n": int(self.values.numel()), "top": [[str(e), round(v, 6)] for e, v in top]}
 
-    def ranked(self) -> list[tuple[Edge, float]]:
-        """Every edge, largest |score| first (ties in index order). Builds one `Edge` per edge:
-        fine for small graphs; at GPT-2 XL size (2.2M edges) use `top(k)` or `above(t)`."""
-        return self.top(int(self.values.numel()))
+    def ranked(self) -> RankedEdges:
+        """Every edge, largest |score| first (ties in index order), as a lazy sequence:
+        `ranked()[:k]` is `top(k)` and an `Edge` is made only for the rows read, so it is
+        cheap at GPT-2 XL size (2.2M edges) unless the whole of it is iterated."""
+        return RankedEdges(self)
 
     def top(self, k: int) -> list[tuple[Edge, float]]:
         """The `k` edges with the largest |score|, largest first, ties in index order: the same
@@ -147,6 +148,57 @@ class EdgeScores:
         picked = values[indices].tolist()
         return [(self.graph.edges[i], float(v)) for i, v in zip(indices.tolist(), picked,
                                                                  strict=True)]
+
+
+class RankedEdges(Sequence[tuple[Edge, float]]):
+    """`EdgeScores.ranked()`: (edge, score) pairs by |score|, made on demand. A prefix slice
+    (`[:k]`) runs one `topk`; any other index or slice sorts the scores once (cached); iterating
+    walks that order in chunks. Compares equal to a list of the same pairs."""
+
+    __slots__ = ("_scores", "_order")
+    CHUNK = 4096
+
+    def __init__(self, scores: EdgeScores) -> None:
+        self._scores = scores
+        self._order: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self._scores.values.numel())
+
+    def _sorted(self) -> Tensor:
+        if self._order is None:
+            self._order = top_indices(self._scores.values, len(self))
+        return self._order
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[Edge, float]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[Edge, float]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[Edge, float] | list[tuple[Edge, float]]:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if start == 0 and step == 1 and self._order is None:
+                return self._scores.top(stop)
+            return self._scores.rows(self._sorted()[start:stop:step])
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"rank {i} out of range for {n} edges")
+        return self._scores.rows(self._sorted()[i % n: i % n + 1])[0]
+
+    def __iter__(self) -> Iterator[tuple[Edge, float]]:
+        order = self._sorted()
+        for at in range(0, len(order), self.CHUNK):
+            yield from self._scores.rows(order[at: at + self.CHUNK])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RankedEdges | list | tuple):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RankedEdges({len(self)} edges)"
 
 
 def magnitude(values: Tensor) -> Tensor:

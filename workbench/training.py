@@ -243,7 +243,7 @@ def dynamics_figure(snaps: list[Snapshot]) -> Panels:
             parts.append(Heat(f"step {snap.step} · d{d}: mean p(predicted | true)",
                               tuple(str(t) for t in range(10)), tuple(str(p) for p in range(10)),
                               matrix, "probability", False, "predicted", "true",
-                              annotate=False))
+                              annotate=False, limit=1.0))
     carried = [s for s in snaps if s.carry_acc is not None]
     if carried:
         n_digits = len(carried[0].carry_acc or ())

@@ -249,8 +249,18 @@ class WorkbenchApp(SessionRunner):
             run_of(directory), lambda: train_figure(directory))
 
     def _graph_layout(self) -> GraphLayout | None:
-        return None if self.session is None else \
-            layout_for(self.session.state, self.graph_source)
+        """The graph tab's layout; the same object while its source is unchanged, so a toggle
+        does not lay a large circuit out again."""
+        if self.session is None:
+            return None
+        state = self.session.state
+        cached = getattr(self, "_layout_cache", None)
+        if cached is not None and cached[0] == self.graph_source and \
+                cached[1] is state.circuits and cached[2] is state.results:
+            return cached[3]
+        layout = layout_for(state, self.graph_source)
+        self._layout_cache = (self.graph_source, state.circuits, state.results, layout)
+        return layout
 
     def _status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)

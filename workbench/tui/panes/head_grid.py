@@ -56,9 +56,13 @@ Cell = tuple[int, int]  # (layer, column); column n_heads is the MLP
 
 
 def _fmt(score: float) -> str:
-    """A score in 5 characters."""
+    """A score in 5 characters (small ones as `+3e-4`, so a reduced-width model's tiny
+    scores still read)."""
+    if 0 < abs(score) < 0.005:
+        text = f"{score:+.0e}".replace("e-0", "e-")
+        return text if len(text) <= 5 else f"{score:+5.2f}"
     if abs(score) >= 99.5:
-        return f"{score:+.0e}".replace("e+0", "e")[:5]
+        return f"{score:+.0e}".replace("e+0", "e")[:5].rjust(5)
     if abs(score) >= 9.95:
         return f"{score:+5.0f}"
     return f"{score:+5.2f}" if abs(score) < 0.995 else f"{score:+5.1f}"

@@ -20,6 +20,7 @@ from textual.widgets import Digits, Sparkline, Static
 from workbench.tui.views import PerfView
 
 BAR = 20
+HISTORY = 400  # the sparkline shows the last this many values (the count shows them all)
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -72,7 +73,7 @@ class PerformancePane(Vertical):
         self.query_one("#perf-title", Static).update(
             "performance" + (f" ({view.metric_name})" if view else ""))
         self.query_one("#perf-details", Static).update(self.details())
-        self.query_one("#perf-history", Sparkline).data = list(history)
+        self.query_one("#perf-history", Sparkline).data = list(history[-HISTORY:])
 
     def details(self) -> Text:
         v = self.view
