@@ -50,7 +50,7 @@ def run(ctx: Context, params: Params) -> NodeScores:
     final = at_answer(final_resid)  # (batch, n_ans, d)
     centred = final - final.mean(-1, keepdim=True)
     scale = (centred.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # frozen
-    direction = w.W_U.T[enc.answer] - w.W_U.T[enc.contrast]  # (batch, n_ans, d)
+    direction = w.unembed_dirs(enc.answer) - w.unembed_dirs(enc.contrast)  # (batch, n_ans, d)
     weight = (enc.answer != enc.contrast).float()
     if params.digit is not None:
         keep = torch.zeros(n_ans, device=weight.device)

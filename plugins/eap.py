@@ -14,7 +14,10 @@ It equals the gradient of the edge mask `keep` at keep = 1 (tested), at a fracti
 EAP-IG (Hanna et al. 2024) averages the gradient along a straight path of the *inputs* from
 the ablated to the clean prompt (the `input` node interpolated, `steps` points, midpoint rule),
 with the same fixed deltas. Prompts are processed in chunks of `batch_size`, so memory stays
-bounded for any number of prompts; scores are summed over chunks.
+bounded for any number of prompts; scores are summed over chunks (in float32 also for half
+precision weights). The chunk is also cut to what fits (`workbench.memory`: one chunk's working
+set estimated from shapes, kept under the method budget); a run that cannot fit one prompt is
+refused before it starts.
 
 Metrics: the session's unless `metric=NAME`. A metric that is extremal at the clean run (kl,
 l2: `Metric.flat_at_clean`) has zero gradient there, so plain EAP would return float noise: it is
@@ -32,6 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workbench import memory
 from workbench.engine.api import AblationEngine, EngineAPI, Metric, Mode
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, EdgeScores, Technique
@@ -53,8 +57,14 @@ def edge_attribution(engine: AblationEngine | EngineAPI, metric: str | Metric, m
     ablated input, `side=corrupted`); steps > 0: EAP-IG's midpoint path."""
     api = engine if isinstance(engine, EngineAPI) else EngineAPI.of(engine)
     fn, n = api.metric(metric), api.n_prompts
-    total = torch.zeros(api.graph.n_edges, **api.kw)  # type: ignore[arg-type]
+    w = api.weights
+    # float32 sums also for half precision weights
+    total = torch.zeros(api.graph.n_edges, device=w.W_E.device,
+                        dtype=torch.promote_types(w.dtype, torch.float32))
     alphas = [at] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
+    batch_size = memory.fit_chunk(
+        working_bytes(api), 0, batch_size, w.nbytes, w.W_E.device, "run eap",
+        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
     chunks = list(range(0, n, batch_size))
     done, todo = 0, len(chunks) * len(alphas)
     for start in chunks:
@@ -65,9 +75,22 @@ def edge_attribution(engine: AblationEngine | EngineAPI, metric: str | Metric, m
                 ctx.check()
                 ctx.progress(done / todo, f"gradients {done + 1}/{todo}")
             grads = api.receiver_grads(fn, mode, rows, input_keep=alpha)
-            total -= api.edge_products(deltas, grads) / n / len(alphas)  # linear in the grads
+            total -= api.edge_products(deltas, grads).to(total.dtype) / n / len(alphas)
             done += 1
+    memory.trim()
     return total
+
+
+def working_bytes(api: EngineAPI) -> int:
+    """Bytes per prompt of one EAP chunk: the deltas (every source, every position), what the
+    forward keeps for its backward (per layer: residual-wide tensors, two d_mlp-wide ones,
+    float32 attention scores) and the answer logits with their gradient."""
+    w, g = api.weights, api.graph
+    p, d, s = api.n_pos, w.d_model, w.W_E.element_size()
+    n_answer, vocab = api.enc.answer.shape[1], w.W_E.shape[0]
+    deltas = g.n_sources * p * d * s
+    graph = w.n_layers * p * ((16 * d + 2 * w.d_mlp) * s + 12 * w.n_heads * p)
+    return deltas + 3 * w.n_heads * p * d * s + graph + 12 * n_answer * vocab
 
 
 def run(ctx: Context, params: Params) -> EdgeScores:

@@ -420,13 +420,10 @@ def test_edge_mask_gradient_flows(add3_engine: AblationEngine) -> None:
 
 
 def double_engine(model: LoadedModel, enc: EncodedPrompts) -> AblationEngine:
-    """The engine on a float64 copy of the folded weights, so finite differences are exact
+    """The engine on a float64 load of the same checkpoint, so finite differences are exact
     enough to test a derivative to 1e-3 (float32 noise / eps would swamp it)."""
-    names = [f.name for f in dataclasses.fields(AblationEngine(model, enc).weights)
-             if f.type == "Tensor"]
-    bridge = SimpleNamespace(cfg=model.bridge.cfg,
-                             **{n: getattr(model.bridge, n).double() for n in names})
-    return AblationEngine(SimpleNamespace(bridge=bridge), enc)  # type: ignore[arg-type]
+    assert model.directory is not None
+    return AblationEngine(load_model(str(model.directory), device="cpu", dtype="float64"), enc)
 
 
 @pytest.mark.parametrize("mode", ["mean", "resample"])
@@ -487,22 +484,22 @@ def test_qkv_input_grads_equal_autograd_through_layer_norm() -> None:
     """The head-space LayerNorm backward EAP uses equals autograd on ln(x) @ W_r for every
     receiver, also for reading weights that are not centred (the mean(g) term)."""
     from workbench.forward import _qkv_input_grads
-    from workbench.weights import ln
+    from workbench.weights import Weights, ln
 
     torch.manual_seed(0)
     b, p, h, d, e = 2, 3, 2, 8, 4
-    mats = [torch.randn(1, h, d, e, dtype=torch.float64) + 0.5 for _ in range(3)]
-    w = SimpleNamespace(W_Q=mats[0], W_K=mats[1], W_V=mats[2], eps=1e-5)
+    fused = torch.randn(1, d, 3 * h * e, dtype=torch.float64) + 0.5  # (layer, d, q|k|v heads)
+    w = SimpleNamespace(W_QKV=fused, n_heads=h, d_head=e, eps=1e-5)
+    w.qkv_mats = lambda layer: Weights.qkv_mats(w, layer)  # type: ignore[arg-type]
+    mats = w.qkv_mats(0)  # (3, head, d, e)
     x = torch.randn(b, p, d, dtype=torch.float64) * 3 + 1
-    qkv = []
-    for m in mats:
-        t = torch.einsum("bpd,hde->bphe", ln(x, 1e-5), m[0]).detach().requires_grad_(True)
-        t.grad = torch.randn_like(t)
-        qkv.append(t)
-    got = _qkv_input_grads(w, 0, x, tuple(qkv))  # type: ignore[arg-type]
-    for port, m in enumerate(mats):
+    qkv = (ln(x, 1e-5) @ fused[0]).detach().requires_grad_(True)
+    qkv.grad = torch.randn_like(qkv)
+    grads = qkv.grad.view(b, p, 3, h, e)
+    got = _qkv_input_grads(w, 0, x, qkv)  # type: ignore[arg-type]
+    for port in range(3):
         for i in range(h):
             xr = x.clone().requires_grad_(True)
-            out = torch.einsum("bpd,de->bpe", ln(xr, 1e-5), m[0, i])
-            out.backward(qkv[port].grad[:, :, i])
+            out = torch.einsum("bpd,de->bpe", ln(xr, 1e-5), mats[port, i])
+            out.backward(grads[:, :, port, i])
             torch.testing.assert_close(got[port, i], xr.grad)

@@ -23,13 +23,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workbench import memory
 from workbench.errors import WorkbenchError
-from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, _Mix
+from workbench.forward import MODES, Activations, Forward, Mode, Patch, State, _Mix, wide
 from workbench.graph import Circuit, Edge, Graph, Node
-from workbench.metrics import Metric, Report, get_metric, performance
+from workbench.metrics import Metric, Report, answer_logits, get_metric, performance
 from workbench.model import LoadedModel
 from workbench.tasks.encode import EncodedPrompts
 from workbench.weights import Weights
+
+CHECK_ROWS = 4  # prompts the engine's clean logits are checked on against the model's forward
+# Largest max |engine - model| / max |model| (centred answer logits) accepted per dtype: float
+# rounding of two different summation orders, measured in tests/test_variants.py and
+# bench/memory.py (float32 ~1e-6; bfloat16's 8-bit mantissa ~1e-2 after a few layers).
+TOLERANCE: dict[torch.dtype, float] = {torch.float64: 1e-6, torch.float32: 1e-3,
+                                       torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 
 @dataclass(frozen=True)
@@ -62,28 +70,60 @@ class AblationEngine:
     def __init__(self, model: LoadedModel, enc: EncodedPrompts, graph: Graph | None = None
                  ) -> None:
         self.model = model  # for engines on derived prompt sets (EngineAPI.swapped)
-        self.weights = Weights.from_bridge(model.bridge)
+        self.weights = model.weights  # shared with the model: one copy of the weights
         self.graph = graph or Graph.from_sizes(self.weights.n_layers, self.weights.n_heads)
         self.forward = Forward(self.weights)
         self.device = self.weights.W_E.device
         self.kw = {"device": self.device, "dtype": self.weights.W_E.dtype}  # for new masks
         self.enc = enc.to(self.device)
         self.n_pos = self.enc.clean.shape[1]
+        memory.require(self.cached_bytes(), f"the engine's cached runs of {enc.n} prompts",
+                       "use fewer prompts (task ... n=) or dtype=bfloat16", self.device)
         with torch.no_grad():
             self.clean_logits, _, clean = self.forward.run(
                 self.enc.clean, self.enc.answer_pos, record=True)
             self.corrupted_logits, _, corrupted = self.forward.run(
                 self.enc.corrupted, self.enc.answer_pos, record=True)
         assert clean is not None and corrupted is not None
+        self.check_against(model)
+        memory.trim()  # the runs' freed temporaries go back to the OS
         self.clean, self.corrupted = clean, corrupted
         self.values: dict[Mode, Activations] = {
             "zero": _zero_values(self.weights, clean),
-            "mean": _mean_values(clean, self.enc.lengths),
+            "mean": _mean_values(self.weights, clean, self.enc.lengths),
             "resample": corrupted,
         }
         self._last: tuple[list[bytes], State] | None = None
         self._empty: dict[Mode, Tensor] = {}
         self.last_start = 0  # the layer the last `logits` call restarted from (for benches)
+
+    def cached_bytes(self) -> int:
+        """What the clean and corrupted recordings (embed, z, mlp_out, resid_pre/mid) hold,
+        plus one layer's temporaries of the forward that makes them."""
+        w, n, p = self.weights, self.enc.n, self.n_pos
+        per_token = w.d_model * (4 * w.n_layers + 2) * w.W_E.element_size()
+        layer = (8 * w.d_model + 2 * w.d_mlp) * w.W_E.element_size() + 8 * w.n_heads * p
+        return n * p * (2 * per_token + layer)
+
+    def check_against(self, model: LoadedModel) -> float:
+        """Compare the clean logits with one forward of the model itself on the first
+        `CHECK_ROWS` prompts; past `TOLERANCE` refuse, naming the config fields that make this
+        GPT-2 a variant. Returns the relative error."""
+        rows = min(CHECK_ROWS, self.enc.n)
+        sub = self.enc.subset(slice(0, rows))
+        ref = answer_logits(model.logits(sub.clean), sub.to(torch.device("cpu")))
+        ours = self.clean_logits[:rows].float().cpu()
+        scale = float(ref.abs().max().clamp(min=1e-30))
+        error = float((ours - ref).abs().max()) / scale
+        self.check_error = error
+        tol = TOLERANCE.get(self.weights.dtype, 1e-3)
+        if not error <= tol:  # also NaN
+            fields = ", ".join(model.variant_fields()) or "no known variant field"
+            raise WorkbenchError(
+                f"the engine's logits differ from the model's own forward by {error:.1e} "
+                f"(relative; tolerance {tol:.0e} in {str(self.weights.dtype)[6:]}) for this "
+                f"config ({fields}): it is not supported; nothing was computed")
+        return error
 
     # -- building patches ------------------------------------------------------------------
 
@@ -176,7 +216,7 @@ class AblationEngine:
         lay = self.graph
         assert patch.node is not None and patch.receiver is not None
         edge_key = patch.edge_mode.encode() if patch.edge is not None else b"-"
-        keys = [patch.node[:, 0].cpu().numpy().tobytes() + edge_key]
+        keys = [_bytes(patch.node[:, 0]) + edge_key]
         for layer in range(lay.n_layers):
             src = lay.head_source(layer, 0)
             rcv = lay.attn_receiver(layer, 0, 0)
@@ -186,10 +226,10 @@ class AblationEngine:
                 parts.append(patch.neuron[:, layer])  # no mask == an all-zero mask
             if patch.edge is not None:
                 parts += [lay.attn_keep(patch.edge, layer), lay.mlp_keep(patch.edge, layer)]
-            keys.append(b"".join(p.cpu().numpy().tobytes() for p in parts))
+            keys.append(b"".join(_bytes(p) for p in parts))
         last = [patch.receiver[:, -1]] + (
             [lay.logits_keep(patch.edge)] if patch.edge is not None else [])
-        keys.append(b"".join(p.cpu().numpy().tobytes() for p in last))
+        keys.append(b"".join(_bytes(p) for p in last))
         return keys
 
     def empty_logits(self, mode: Mode) -> Tensor:
@@ -248,6 +288,11 @@ class AblationEngine:
                     Report.of(logits, self.enc))
 
 
+def _bytes(t: Tensor) -> bytes:
+    """A mask's contents as bytes (0/1 masks are exact in float32; numpy has no bfloat16)."""
+    return t.detach().to(torch.float32).cpu().numpy().tobytes()
+
+
 def _ablate(keep: Tensor, mode: Tensor, index: tuple[object, ...], m: int) -> None:
     """Set keep = 0 with mode m at `index`; refuse an entry already ablated in another mode."""
     if bool(((keep[index] == 0) & (mode[index] != m)).any()):
@@ -264,16 +309,18 @@ def _zero_values(w: Weights, clean: Activations) -> Activations:
     one = clean.embed[:1]
     return Activations(
         embed=torch.zeros_like(one), z=torch.zeros_like(clean.z[:, :1]),
-        mlp_out=torch.zeros_like(clean.mlp_out[:, :1]), post=torch.zeros_like(clean.post[:, :1]),
+        mlp_out=torch.zeros_like(clean.mlp_out[:, :1]),
+        post=clean.resid_mid.new_zeros((w.n_layers, 1, one.shape[1], w.d_mlp)),
         resid_pre=pre[:, None, None, :].expand(-1, 1, one.shape[1], -1).clone(),
         resid_mid=b_o[:, None, None, :].expand(-1, 1, one.shape[1], -1).clone(),
     )
 
 
-def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
+def _mean_values(w: Weights, clean: Activations, lengths: Tensor) -> Activations:
     """Mean over the prompt set at each position, counting only rows long enough to have it."""
     n_pos = clean.embed.shape[1]
-    valid = (torch.arange(n_pos, device=lengths.device)[None, :] < lengths[:, None]).float()
+    acc = wide(clean.embed).dtype  # sums in float32 also for half precision
+    valid = (torch.arange(n_pos, device=lengths.device)[None, :] < lengths[:, None]).to(acc)
     count = valid.sum(0).clamp(min=1)  # (pos,)
 
     def mean(x: Tensor, batch_axis: int) -> Tensor:
@@ -281,10 +328,13 @@ def _mean_values(clean: Activations, lengths: Tensor) -> Activations:
         shape[batch_axis], shape[batch_axis + 1] = valid.shape
         weight = valid.view(shape) / count.view([1] * (batch_axis + 1) + [n_pos] +
                                                 [1] * (x.dim() - batch_axis - 2))
-        return (x * weight).sum(batch_axis, keepdim=True)
+        if batch_axis == 1:  # (layer, batch, ...): one layer at a time bounds the temporary
+            return torch.stack([mean(x[i], 0)[0] for i in range(x.shape[0])]).unsqueeze(1)
+        return (x.to(acc) * weight).sum(batch_axis, keepdim=True).to(x.dtype)
 
     return Activations(
         embed=mean(clean.embed, 0), z=mean(clean.z, 1), mlp_out=mean(clean.mlp_out, 1),
-        post=mean(clean.post, 1), resid_pre=mean(clean.resid_pre, 1),
+        post=torch.stack([mean(clean.post_at(w, i), 0)[0] for i in range(w.n_layers)]).unsqueeze(1),
+        resid_pre=mean(clean.resid_pre, 1),
         resid_mid=mean(clean.resid_mid, 1),
     )

@@ -1,4 +1,4 @@
-"""The resident model: resolve a source, load it through TransformerLens 4, identify it.
+"""The resident model: resolve a source, load its weights once, check it, identify it.
 
 Sources, tried in this order:
 1. a bundled toy name (`add3`, `mul2`: checkpoints under `workbench/models/`);
@@ -6,29 +6,37 @@ Sources, tried in this order:
 3. a hub name already in the local Hugging Face cache; downloading only with `download=True`.
 A model object a Python user already holds is wrapped with `LoadedModel.wrap`.
 
-The model is booted with `TransformerBridge.boot_transformers` and put in compatibility mode
-(LayerNorm folded, unembedding centred: logits differ from the raw model by a per-position
-constant, so softmax, logit differences and argmax are unchanged). Identity is the source plus
+The weights are read once into stacked buffers and folded in place (`workbench.checkpoint`:
+LayerNorms folded, writing weights centred, as TransformerLens's compatibility mode does); the
+engine's `Weights` and a `GPT2LMHeadModel` (the reference forward, eager attention) are both
+views of them, so the process holds one copy. Logits are centred over the vocabulary (they
+differ from the raw model's by a per-position constant: softmax, logit differences and argmax
+are unchanged). The TransformerBridge, which only hook-based paths need, is built on first use
+of `LoadedModel.bridge` from a copy (`release_bridge` frees it). Identity is the source plus
 the SHA-256 of the weight files, so a session knows exactly which weights it ran on.
 
 Invariant: every failure a user can cause (missing path, corrupt or truncated weights, an
-architecture we do not support) raises `WorkbenchError` with one line, before any weights load.
+architecture or GPT-2 variant we do not support) raises `WorkbenchError` with one line, before
+any weights load; what loads is checked against its own forward when an engine is built.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from workbench.checkpoint import Stacked, read_tensors
 from workbench.errors import WorkbenchError
+from workbench.weights import Weights, activation
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +82,58 @@ class ModelCard:
 
 @dataclass
 class LoadedModel:
-    """One resident model: the bridge, its tokenizer, identity and card."""
+    """One resident model: its folded weights, the reference forward, tokenizer, identity and
+    card. `hf` (a `GPT2LMHeadModel` on the same storage as `weights`) is None only for a
+    wrapped TransformerBridge, which is then the reference forward itself."""
 
-    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
     tokenizer: Any
     identity: ModelIdentity
     card: ModelCard
+    weights: Weights
+    hf: Any = None
     directory: Path | None = None
+    _bridge: Any = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
         return torch.device(self.card.device)
 
+    @property
+    def bridge(self) -> Any:
+        """The TransformerBridge (compatibility mode) for hook-based paths, built on first use
+        from a copy of the weights (it holds its own: `release_bridge` when done)."""
+        if self._bridge is None:
+            if not self.weights.causal:
+                raise WorkbenchError("this model is not causal (is_causal=False) and the "
+                                     "TransformerLens bridge ignores that: hook-based commands "
+                                     "are not available for it")
+            self._bridge = _boot_bridge(copy.deepcopy(self.hf), self.tokenizer, self.card.name)
+        return self._bridge
+
+    def release_bridge(self) -> None:
+        """Drop a bridge built by `bridge` (a wrapped one is the user's and stays)."""
+        if self.hf is not None:
+            self._bridge = None
+
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """(batch, pos) -> (batch, pos, vocab) through the bridge, in chunks, on the CPU."""
-        parts = [self.bridge(tokens[i: i + batch_size].to(self.device)).float().cpu()
-                 for i in range(0, tokens.shape[0], batch_size)]
+        """(batch, pos) -> (batch, pos, vocab) float32 on the CPU, centred over the vocabulary:
+        the model's own forward (not the engine's), in chunks."""
+        parts = []
+        for i in range(0, tokens.shape[0], batch_size):
+            rows = tokens[i: i + batch_size].to(self.device)
+            if self.hf is not None:
+                out = self.hf(input_ids=rows).logits.float()
+            else:
+                out = self.bridge(rows).float()
+            parts.append((out - out.mean(-1, keepdim=True)).cpu())
         return torch.cat(parts)
+
+    def variant_fields(self) -> list[str]:
+        """The config fields (with their values) that make this GPT-2 differ from the plain
+        one in its forward: what a failed engine check names."""
+        model = self.hf if self.hf is not None else self._bridge.original_model
+        return _variant_fields(model.config.to_dict())
 
     def default_task(self) -> tuple[str, dict[str, Any]]:
         """The task a bundled or `workbench train`ed model was trained on (else addition)."""
@@ -105,34 +147,41 @@ class LoadedModel:
 
     @classmethod
     def wrap(cls, model: Any, tokenizer: Any = None, name: str = "user-model") -> LoadedModel:
-        """Wrap a `TransformerBridge` or a `transformers` GPT-2 model the user already holds."""
+        """Wrap a `TransformerBridge` or a `transformers` GPT-2 model the user already holds,
+        through the same supported-architecture and config checks as `load_model`. A
+        transformers model is copied into our own folded buffers (the user's object is left
+        as it was); a bridge is put in compatibility mode and its folded weights copied."""
         from transformer_lens.model_bridge import TransformerBridge
-        from transformers import AutoTokenizer
 
         if isinstance(model, TransformerBridge):
-            bridge = model
-            tokenizer = tokenizer or bridge.tokenizer
-        else:
-            model_type = getattr(getattr(model, "config", None), "model_type", None)
-            _check_supported(model_type, name)
-            if tokenizer is None:
-                raise WorkbenchError("wrapping a transformers model needs its tokenizer too")
-            with tempfile.TemporaryDirectory() as tmp:
-                boot_tokenizer = tokenizer
-                if not tokenizer.init_kwargs.get("name_or_path"):
-                    # TransformerLens reloads the tokenizer from its name_or_path (KeyError on
-                    # one built in memory): give it a saved copy to reload from.
-                    tokenizer.save_pretrained(tmp)
-                    boot_tokenizer = AutoTokenizer.from_pretrained(tmp)
-                bridge = TransformerBridge.boot_transformers(
-                    model.config.name_or_path or name, hf_model=model, tokenizer=boot_tokenizer,
-                    device=str(next(model.parameters()).device),
-                )
-        _compat(bridge)
-        weights = torch.cat([p.detach().flatten().float().cpu() for p in bridge.parameters()])
-        digest = hashlib.sha256(weights.numpy().tobytes()).hexdigest()
-        return cls(bridge, tokenizer, ModelIdentity(f"object:{name}", digest),
-                   _card(bridge, name, ""))
+            original = getattr(getattr(model, "original_model", None), "config", None)
+            _check_supported(getattr(original, "model_type", None), name)
+            _check_config(original.to_dict(), name)
+            tokenizer = tokenizer or model.tokenizer
+            _compat(model)
+            weights = Weights.from_bridge(model)
+            h = hashlib.sha256()
+            for t in model.state_dict().values():
+                h.update(t.detach().float().cpu().numpy().tobytes())
+            card = _card(original, weights, name, "")
+            return cls(tokenizer, ModelIdentity(f"object:{name}", h.hexdigest()), card, weights,
+                       None, None, model)
+        config = getattr(model, "config", None)
+        _check_supported(getattr(config, "model_type", None), name)
+        if tokenizer is None:
+            raise WorkbenchError("wrapping a transformers model needs its tokenizer too")
+        assert config is not None
+        _check_config(config.to_dict(), name)
+        state = model.state_dict()
+        h = hashlib.sha256()
+        for t in state.values():
+            h.update(t.detach().float().cpu().numpy().tobytes())
+        p = next(model.parameters())
+        stacked = _stacked(copy.deepcopy(config), state.items(), p.dtype, p.device, name)
+        hf = stacked.hf_model()
+        weights = Weights.from_stacked(stacked, hf)
+        return cls(tokenizer, ModelIdentity(f"object:{name}", h.hexdigest()),
+                   _card(hf.config, weights, name, ""), weights, hf)
 
 
 def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: Dtype = "float32",
@@ -158,17 +207,76 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: Dtype =
             f"no usable tokenizer in {directory} ({type(exc).__name__}); "
             "save the tokenizer with the checkpoint (tokenizer.json or vocab.json + merges.txt)"
         ) from None
-    device_kw = _placement(device, n_devices)
-    from transformer_lens.model_bridge import TransformerBridge
+    placed = _placement(device, n_devices)
+    from transformers import AutoConfig
 
-    bridge = TransformerBridge.boot_transformers(
-        str(directory.resolve()), tokenizer=tokenizer, dtype=DTYPES[dtype], **device_kw
-    )
-    _compat(bridge)
+    hf_config = AutoConfig.from_pretrained(str(directory.resolve()))
+    _check_config(hf_config.to_dict(), label)
+    stacked = _stacked(hf_config, read_tensors(files), DTYPES[dtype], placed, label)
+    hf = stacked.hf_model()
+    weights = Weights.from_stacked(stacked, hf)
     description = (directory / "MODEL_CARD.md").read_text() if (
         directory / "MODEL_CARD.md").is_file() else ""
-    return LoadedModel(bridge, tokenizer, ModelIdentity(label, digest),
-                       _card(bridge, label, description), directory)
+    return LoadedModel(tokenizer, ModelIdentity(label, digest),
+                       _card(hf.config, weights, label, description), weights, hf, directory)
+
+
+def _stacked(config: Any, tensors: Any, dtype: torch.dtype, device: str | torch.device,
+             label: str) -> Stacked:
+    """The checkpoint's tensors in one folded copy (`workbench.checkpoint`)."""
+    config.name_or_path = config.name_or_path or label
+    stacked = Stacked.empty(config, dtype, device)
+    stacked.fill(iter(tensors), label)
+    stacked.fold()
+    return stacked
+
+
+# Config fields that change a GPT-2's forward, with their plain values (what a failed engine
+# check names when one differs).
+VARIANT_DEFAULTS: dict[str, Any] = {
+    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False, "activation_function": "gelu_new",
+    "layer_norm_epsilon": 1e-5, "is_causal": True, "tie_word_embeddings": True,
+    "add_cross_attention": False,
+}
+
+
+def _variant_fields(config: dict[str, Any]) -> list[str]:
+    return [f"{k}={config[k]!r}" for k, v in VARIANT_DEFAULTS.items()
+            if k in config and config[k] != v]
+
+
+def _check_config(config: dict[str, Any], label: str) -> None:
+    """GPT-2 variants the engine cannot run are refused here, before any weights load."""
+    if config.get("add_cross_attention"):
+        raise WorkbenchError(f"{label}: config add_cross_attention=True (an encoder-decoder "
+                             "GPT-2) is not supported; use a decoder-only checkpoint")
+    try:
+        activation(str(config.get("activation_function", "gelu_new")))
+    except WorkbenchError as exc:
+        raise WorkbenchError(f"{label}: {exc}") from None
+    n_embd, n_head = config.get("n_embd", 768), config.get("n_head", 12)
+    if n_embd % n_head:
+        raise WorkbenchError(f"{label}: n_embd={n_embd} is not a multiple of n_head={n_head}")
+
+
+def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
+    """A TransformerBridge in compatibility mode around `hf` (which it takes over)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        boot_tokenizer = tokenizer
+        if not tokenizer.init_kwargs.get("name_or_path"):
+            # TransformerLens reloads the tokenizer from its name_or_path (KeyError on one
+            # built in memory): give it a saved copy to reload from.
+            tokenizer.save_pretrained(tmp)
+            boot_tokenizer = AutoTokenizer.from_pretrained(tmp)
+        bridge = TransformerBridge.boot_transformers(
+            hf.config.name_or_path or name, hf_model=hf, tokenizer=boot_tokenizer,
+            device=str(next(hf.parameters()).device))
+    _compat(bridge)
+    return bridge
 
 
 def resolve(source: str, download: bool = False) -> tuple[Path, str]:
@@ -277,19 +385,18 @@ def _sha256(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _placement(device: str, n_devices: int | None) -> dict[str, Any]:
-    """`device=auto` picks CUDA when present; `n_devices > 1` spreads layers with a device map."""
+def _placement(device: str, n_devices: int | None) -> str:
+    """`device=auto` picks CUDA when present. The engine runs on one device."""
     if n_devices is not None and n_devices > 1:
-        if not torch.cuda.is_available() or torch.cuda.device_count() < n_devices:
-            raise WorkbenchError(f"n_devices={n_devices} needs that many CUDA devices")
-        return {"n_devices": n_devices}
+        raise WorkbenchError(f"n_devices={n_devices}: the engine runs on one device; use "
+                             "device=cuda:N (or dtype=bfloat16 to halve the memory)")
     if device == "auto":
-        return {"device": "cuda" if torch.cuda.is_available() else "cpu"}
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WorkbenchError("device=cuda but no CUDA device is visible; use device=cpu")
     if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
         raise WorkbenchError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
-    return {"device": device}
+    return device
 
 
 def _compat(bridge: Any) -> None:
@@ -299,23 +406,19 @@ def _compat(bridge: Any) -> None:
         p.requires_grad_(False)
 
 
-def _card(bridge: Any, name: str, description: str) -> ModelCard:
-    cfg = bridge.cfg
-    p = next(bridge.parameters())
+def _card(config: Any, w: Weights, name: str, description: str) -> ModelCard:
     return ModelCard(
-        name=name, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model,
-        d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
-        n_params=_n_params(bridge),
-        device=str(p.device), dtype=str(p.dtype).removeprefix("torch."),
-        description=description,
+        name=name, n_layers=w.n_layers, n_heads=w.n_heads, d_model=w.d_model,
+        d_head=w.d_head, d_mlp=w.d_mlp, d_vocab=w.W_E.shape[0], n_ctx=w.W_pos.shape[0],
+        n_params=_n_params(config), device=str(w.W_E.device),
+        dtype=str(w.dtype).removeprefix("torch."), description=description,
     )
 
 
-def _n_params(bridge: Any) -> int:
-    """Parameters as Hugging Face counts them (tied embeddings once). The bridge's module tree
-    also holds split q/k/v copies of each fused attention weight, so summing it over-counts."""
+def _n_params(config: Any) -> int:
+    """Parameters as Hugging Face counts them (tied embeddings once)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):  # shapes only: no memory, no init cost even for gpt2-xl
-        model = AutoModelForCausalLM.from_config(bridge.original_model.config)
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
     return int(model.num_parameters())

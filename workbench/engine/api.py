@@ -237,10 +237,10 @@ class EngineAPI:
             return acts.mlp_out[node.layer]
         if node.kind == "neuron":
             assert node.layer is not None
-            if not 0 <= node.index < acts.post.shape[-1]:
+            if not 0 <= node.index < w.d_mlp:
                 raise WorkbenchError(f"{node}: MLP {node.layer} has neurons "
-                                     f"0-{acts.post.shape[-1] - 1}")
-            return acts.post[node.layer][..., node.index]
+                                     f"0-{w.d_mlp - 1}")
+            return acts.post_at(w, node.layer)[..., node.index]
         raise WorkbenchError(f"activation({node}): {node.kind} has no cached output")
 
     def head_outputs(self, layer: int, run: Run = "clean") -> Tensor:
@@ -249,7 +249,7 @@ class EngineAPI:
 
     def post(self, layer: int, run: Run = "clean") -> Tensor:
         """(batch, pos, d_mlp): every neuron of MLP `layer` after its activation function."""
-        return self._acts(run).post[layer]
+        return self._acts(run).post_at(self.weights, layer)  # recomputed for full runs
 
     def residuals(self, run: Run = "clean") -> Tensor:
         """(n_layers + 1, batch, pos, d_model): `residual(L)` for every L at once."""

@@ -38,7 +38,7 @@ from torch import Tensor
 from workbench.engine.gradients import Capture, keep_grad
 from workbench.engine.mixing import State, edge_input, minus
 from workbench.graph import Graph
-from workbench.weights import Weights, ln
+from workbench.weights import Weights, embed, ln
 
 Mode = Literal["zero", "mean", "resample"]
 MODES: tuple[Mode, ...] = ("zero", "mean", "resample")
@@ -46,14 +46,25 @@ MODES: tuple[Mode, ...] = ("zero", "mean", "resample")
 
 @dataclass(frozen=True)
 class Activations:
-    """Per-source outputs of one run; batch may be 1 (zero and mean values broadcast)."""
+    """Per-source outputs of one run; batch may be 1 (zero and mean values broadcast).
+
+    The MLP activations (`post`, d_mlp wide: half of a run's memory if kept) are stored only
+    for batch-1 values (zero, mean); for a recorded run `post_at` recomputes a layer's from
+    its cached MLP input `resid_mid`, with the run's own operations.
+    """
 
     embed: Tensor  # (batch, pos, d_model): the `input` node's output
     z: Tensor  # (n_layers, batch, pos, n_heads, d_head)
     mlp_out: Tensor  # (n_layers, batch, pos, d_model), b_out included
-    post: Tensor  # (n_layers, batch, pos, d_mlp)
+    post: Tensor | None  # (n_layers, batch, pos, d_mlp), or None: see `post_at`
     resid_pre: Tensor  # (n_layers + 1, batch, pos, d_model); the last is the final residual
     resid_mid: Tensor  # (n_layers, batch, pos, d_model)
+
+    def post_at(self, w: Weights, layer: int) -> Tensor:
+        """(batch, pos, d_mlp): layer's MLP activations in this run."""
+        if self.post is not None:
+            return self.post[layer]
+        return w.act(ln(self.resid_mid[layer], w.eps) @ w.W_in[layer] + w.b_in[layer])
 
     def head_out(self, w: Weights, layer: int) -> Tensor:
         """(batch, pos, n_heads, d_model): each head's write into the residual stream."""
@@ -66,8 +77,8 @@ class Activations:
         if not isinstance(index, slice):
             index = torch.tensor(index, dtype=torch.long, device=self.embed.device)
         return Activations(self.embed[index], self.z[:, index], self.mlp_out[:, index],
-                           self.post[:, index], self.resid_pre[:, index],
-                           self.resid_mid[:, index])
+                           None if self.post is None else self.post[:, index],
+                           self.resid_pre[:, index], self.resid_mid[:, index])
 
     def deltas_from(self, ablated: Activations, w: Weights) -> Tensor:
         """(n_sources, batch, pos, d): this run's source outputs minus `ablated`'s, in graph
@@ -142,9 +153,9 @@ class _Mix:
     edge_mode: Mode = "mean"
 
 
-def embed(w: Weights, tokens: Tensor) -> Tensor:
-    """(batch, pos) -> (batch, pos, d_model): token plus position embedding."""
-    return w.W_E[tokens] + w.W_pos[: tokens.shape[1]]
+def wide(t: Tensor) -> Tensor:
+    """`t` in float32 when it is in half precision (sums that need float32's range/precision)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class Forward:
@@ -192,8 +203,10 @@ class Forward:
             resid = state.resid_pre[start]
             new = state.restart(start, lay.n_sources, flat)
             embed_out = None
-        recorded: dict[str, list[Tensor]] = {k: [] for k in ("z", "mlp_out", "post", "mid")}
+        rec = _Recording(w, resid) if record else None
         for layer in range(start, w.n_layers):
+            if rec is not None:  # written into the recording once, the state holds views
+                resid = rec.put("resid_pre", layer, resid)
             new.resid_pre.append(resid)
             x = self._attn_inputs(resid, layer, patch, values, new)
             if capture is not None:
@@ -209,7 +222,7 @@ class Forward:
             post = w.act(h @ w.W_in[layer] + w.b_in[layer])
             if patch.neuron is not None:
                 post = self._replace(post, patch.neuron[:, layer].transpose(1, 2), values,
-                                     lambda a, L=layer: a.post[L])
+                                     lambda a, L=layer: a.post_at(w, L))
             out = post @ w.W_out[layer] + w.b_out[layer]
             if patch.node is not None:
                 out = self._replace(out, patch.node[:, lay.mlp_source(layer)], values,
@@ -217,10 +230,13 @@ class Forward:
             if edge_abl is not None:
                 new.add_delta(minus(out, edge_abl.mlp_out[layer]).unsqueeze(0),
                               lay.n_sources, flat)
-            if record:
-                for key, val in (("z", z), ("mlp_out", out), ("post", post), ("mid", mid)):
-                    recorded[key].append(val)
+            if rec is not None:
+                rec.put("z", layer, z)
+                rec.put("mlp_out", layer, out)
+                rec.put("resid_mid", layer, mid)
             resid = mid + out
+        if rec is not None:
+            resid = rec.put("resid_pre", w.n_layers, resid)
         new.resid_pre.append(resid)
         x = self._receiver_input(resid, lay.n_receivers - 1, patch, values, "final", 0)
         x = self._edge_input(x, patch, new, lay.logits_keep)
@@ -228,15 +244,11 @@ class Forward:
         h = ln(x, w.eps)
         if capture is not None:
             capture.final_in, capture.final_ln = x, keep_grad(h, capture)
-        logits = h @ w.W_U + w.b_U
+        logits = w.unembed(h)  # float32 in every dtype
         acts = None
-        if record:
+        if rec is not None:
             assert start == 0 and embed_out is not None
-            acts = Activations(
-                embed=embed_out, z=torch.stack(recorded["z"]),
-                mlp_out=torch.stack(recorded["mlp_out"]), post=torch.stack(recorded["post"]),
-                resid_pre=torch.stack(new.resid_pre), resid_mid=torch.stack(recorded["mid"]),
-            )
+            acts = Activations(embed=embed_out, post=None, **rec.buffers)
         return logits, new, acts
 
     # -- pieces -------------------------------------------------------------------------
@@ -311,23 +323,24 @@ class Forward:
 
     def _attention(self, x: Tensor, layer: int, capture: Capture | None = None) -> Tensor:
         w = self.w
-        if x.dim() == 3:  # one shared input
-            h = ln(x, w.eps)
-            q = torch.einsum("bpd,hde->bphe", h, w.W_Q[layer])
-            k = torch.einsum("bpd,hde->bphe", h, w.W_K[layer])
-            v = torch.einsum("bpd,hde->bphe", h, w.W_V[layer])
+        if x.dim() == 3:  # one shared input: q, k, v in one GEMM (Hugging Face's c_attn)
+            raw = ln(x, w.eps) @ w.W_QKV[layer]  # (batch, pos, 3 * head * e)
             if capture is not None:
-                capture.qkv.append(tuple(keep_grad(t, capture) for t in (q, k, v)))  # type: ignore[arg-type]
+                capture.qkv.append(keep_grad(raw, capture))
+            qkv = (raw + w.b_QKV[layer]).unflatten(-1, (3, w.n_heads, w.d_head))
+            q, k, v = qkv.unbind(2)  # (b, p, h, e)
         else:  # (3, head, batch, pos, d): each head reads its own q, k, v input
-            mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]])  # (3, head, d, e)
             t, h, b, p, d = x.shape
-            qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), mats)  # (3, head, b*p, e)
+            qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), w.qkv_mats(layer))
             q, k, v = qkv.view(t, h, b, p, -1).permute(0, 2, 3, 1, 4).unbind(0)  # (b, p, h, e)
-        q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.d_head**0.5
-        n = q.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
+        # Scores and softmax in float32 in every dtype (reorder_and_upcast_attn's rule).
+        scores = torch.einsum("bqhe,bkhe->bhqk", wide(q), wide(k)) * w.attn_scale[layer]
+        if w.causal:
+            n = q.shape[1]
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        pattern = scores.softmax(-1).to(v.dtype)
         return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
 
     @staticmethod
@@ -350,5 +363,24 @@ class Forward:
                 value = pick(values[mode])  # type: ignore[operator]
                 result = result + lift(mask[m]) * value
         return result
+
+
+class _Recording:
+    """The buffers a recorded run writes each layer's outputs into (no per-layer list and
+    final stack: that would hold every activation twice at the end of the run)."""
+
+    def __init__(self, w: Weights, resid: Tensor) -> None:
+        L, (b, p, d) = w.n_layers, resid.shape
+
+        def new(*shape: int) -> Tensor:
+            return resid.new_empty(shape)
+
+        self.buffers = {"z": new(L, b, p, w.n_heads, w.d_head), "mlp_out": new(L, b, p, d),
+                        "resid_pre": new(L + 1, b, p, d), "resid_mid": new(L, b, p, d)}
+
+    def put(self, key: str, layer: int, value: Tensor) -> Tensor:
+        slot = self.buffers[key][layer]
+        slot.copy_(value.detach())
+        return slot
 
 

@@ -31,7 +31,7 @@ class Capture:
     """
 
     attn_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
-    qkv: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (b, p, head, e)
+    qkv: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, 3 * head * e)
     mlp_in: list[Tensor] = field(default_factory=list)  # per layer (batch, pos, d)
     mlp_ln: list[Tensor] = field(default_factory=list)
     final_in: Tensor | None = None  # (batch, n_answer, d) at the answer positions
@@ -43,8 +43,8 @@ class Capture:
         """After backward, one receiver group at a time (so each can be used and freed):
         ("attn", L, d/d(input) of layer L's q/k/v receivers (3, head, batch, pos, d)),
         ("mlp", L, (batch, pos, d)), and last ("logits", -1, (batch, pos, d))."""
-        for layer, (q, k, v) in enumerate(self.qkv):
-            yield "attn", layer, _qkv_input_grads(w, layer, self.attn_in[layer], (q, k, v))
+        for layer, qkv in enumerate(self.qkv):
+            yield "attn", layer, _qkv_input_grads(w, layer, self.attn_in[layer], qkv)
             yield "mlp", layer, ln_backward(self.mlp_in[layer].detach(),
                                             self.mlp_ln[layer].grad, w.eps)  # type: ignore[arg-type]
         assert self.final_in is not None and self.final_ln is not None
@@ -55,10 +55,10 @@ class Capture:
         yield "logits", -1, logits
 
 
-def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
-                     qkv: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    """(3, head, batch, pos, d): the gradient at each head's q/k/v input, from the gradients
-    at q, k, v (before their biases) and the shared input x (batch, pos, d).
+def _qkv_input_grads(w: Weights, layer: int, x: Tensor, qkv: Tensor) -> Tensor:
+    """(3, head, batch, pos, d): the gradient at each head's q/k/v input, from the gradient
+    at the fused q, k, v product (before the biases; batch, pos, 3 * head * e) and the shared
+    input x (batch, pos, d).
 
     It is `ln_backward(x, g_r @ W_r.T)` for every receiver r, done mostly in head space: the
     LayerNorm Jacobian (I - 1 1^T / D - y y^T / D) / scale needs, per receiver, only the scalars
@@ -67,16 +67,21 @@ def _qkv_input_grads(w: Weights, layer: int, x: Tensor,
     passes instead of a LayerNorm backward over every head's copy.
     """
     x = x.detach()
-    b, p, h, e = qkv[0].shape
+    h, e = w.n_heads, w.d_head
+    b, p = x.shape[:2]
     c = x - x.mean(-1, keepdim=True)
     scale = (c.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()  # (b, p, 1)
     y = c.div_(scale)
     n_model = x.shape[-1]
+    assert qkv.grad is not None
+
+    def head_major(t: Tensor) -> Tensor:  # (b, p, 3 h e) -> (3 h, b*p, e)
+        return t.view(b * p, 3 * h, e).transpose(0, 1)
+
     # (3, head, b*p, e): head-space gradients divided by the scale, receiver-major
-    g = torch.stack([t.grad for t in qkv]).div_(scale.unsqueeze(0).unsqueeze(-1))  # type: ignore[misc]
-    g = g.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
-    raw = torch.stack([t.detach() for t in qkv]).permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e)
-    mats = torch.stack([w.W_Q[layer], w.W_K[layer], w.W_V[layer]]).view(3 * h, n_model, e)
+    g = head_major(qkv.grad / scale).contiguous()
+    raw = head_major(qkv.detach())
+    mats = w.qkv_mats(layer).reshape(3 * h, n_model, e)
     mean_g = torch.einsum("rne,re->rn", g, mats.sum(1)).div_(n_model)  # (3h, b*p)
     mean_gy = torch.einsum("rne,rne->rn", g, raw).div_(n_model)
     out = torch.bmm(g, mats.transpose(1, 2))  # (3h, b*p, d)
