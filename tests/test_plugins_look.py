@@ -88,7 +88,8 @@ def test_captured_activations_match_the_engine(tiny: Context) -> None:
     torch.testing.assert_close(acts[names[0]], eng.clean.resid_pre[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(acts[names[1]], eng.clean.resid_pre[2], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(acts[names[2]], eng.clean.z[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(acts[names[3]], eng.clean.post_at(eng.weights, 1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(acts[names[3]], eng.clean.post_at(eng.weights, 1), atol=1e-5,
+                               rtol=1e-4)
 
 
 def test_hooks_fire_once_and_are_removed_even_on_error(tiny: Context) -> None:
