@@ -274,6 +274,14 @@ class WorkbenchApp(SessionRunner):
             bar.update(total=None)
         self.refresh_bindings()  # Esc (cancel) shows in the footer only while work runs
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Esc (cancel) follows what the UI shows, not the worker's flag: the footer is
+        refreshed on this thread, so reading `busy` here would race with the worker."""
+        if action == "cancel":
+            bars = self.query(ProgressBar)
+            return not self.ready or any(bar.has_class("running") for bar in bars)
+        return super().check_action(action, parameters)
+
     def _complete(self, line: str) -> list[str]:
         return complete(line, self.session)
 
