@@ -76,7 +76,9 @@ def edge_attribution(engine: AblationEngine | EngineAPI, metric: str | Metric, m
                 ctx.progress(done / todo, f"gradients {done + 1}/{todo}")
             grads = api.receiver_grads(fn, mode, rows, input_keep=alpha)
             total -= api.edge_products(deltas, grads).to(total.dtype) / n / len(alphas)
+            del grads  # its forward's saved tensors, before the next chunk's are made
             done += 1
+        del deltas  # likewise: two chunks' deltas never live at once
     memory.trim()
     return total
 

@@ -66,8 +66,7 @@ def run(ctx: Context, params: Params) -> Composite:
     active = (acts > 0) & valid
     density = float(active.sum()) / max(1, int(valid.sum()))
     mean_active = float(acts[active].mean()) if bool(active.any()) else 0.0
-    effect = d.W_dec[node.index] @ w.W_U
-    effect = effect - effect.mean()
+    effect = w.unembed(d.W_dec[node.index].to(w.dtype)) - w.b_U  # centred; W_U is never made
     k = min(params.top, effect.numel())
     up, down = effect.topk(k), (-effect).topk(k)
 

@@ -27,6 +27,7 @@ from workbench.engine.api import ln
 from workbench.errors import WorkbenchError
 from workbench.plugins import Context, Table, Technique
 from workbench.positions import position_labels
+from workbench.weights import Weights
 
 MAX_LOGITS = 1 << 25  # logits held at once (128 MB of float32): sets the prompts per chunk
 
@@ -61,17 +62,17 @@ def run(ctx: Context, params: Params) -> Table:
         cols = tuple(f"a{i}" for i in index)
     if params.stat == "logit_diff":
         valid = valid & (answer != contrast)
-    weight = valid.to(resid.dtype)
-    total = torch.zeros(resid.shape[0], at.shape[1], dtype=resid.dtype, device=resid.device)
-    chunk = max(1, MAX_LOGITS // (at.shape[1] * w.W_U.shape[1]))
+    weight = valid.float()  # sums in float32 also for half precision residuals
+    total = torch.zeros(resid.shape[0], at.shape[1], dtype=torch.float32, device=resid.device)
+    chunk = max(1, MAX_LOGITS // (at.shape[1] * w.W_E.shape[0]))
     for layer in range(resid.shape[0]):
         for start in range(0, enc.n, chunk):
             ctx.check()
             rows = slice(start, start + chunk)
             x = resid[layer, rows].gather(1, at[rows, :, None].expand(
                 -1, -1, resid.shape[-1]))  # (chunk, cols, d_model)
-            stat = _stat(ln(x, w.eps), w.W_U, w.b_U, answer[rows], contrast[rows], params.stat)
-            total[layer] += (stat * weight[rows]).sum(0)
+            stat = _stat(ln(x, w.eps), w, answer[rows], contrast[rows], params.stat)
+            total[layer] += (stat.float() * weight[rows]).sum(0)
     values = total / weight.sum(0).clamp(min=1)  # (layers + 1, cols)
     layers = tuple(f"resid_pre{i}" for i in range(w.n_layers)) + ("final",)
     title = f"logit lens: {params.stat} of answer unit " + (
@@ -81,14 +82,14 @@ def run(ctx: Context, params: Params) -> Table:
     return Table(title=title, rows=layers, cols=cols, values=values.cpu(), unit=unit)
 
 
-def _stat(h: Tensor, W_U: Tensor, b_U: Tensor, answer: Tensor, contrast: Tensor,
-          stat: str) -> Tensor:
-    """h: normalised residual (chunk, cols, d); answer/contrast: (chunk, cols) ids."""
+def _stat(h: Tensor, w: Weights, answer: Tensor, contrast: Tensor, stat: str) -> Tensor:
+    """h: normalised residual (chunk, cols, d); answer/contrast: (chunk, cols) ids. Never
+    makes W_U (vocabulary x d_model: 0.3 GB at GPT-2 XL): two of its columns, or `unembed`."""
     if stat == "logit_diff":  # two columns of W_U suffice
-        a = (h * W_U.T[answer]).sum(-1) + b_U[answer]
-        c = (h * W_U.T[contrast]).sum(-1) + b_U[contrast]
+        a = (h * w.unembed_dirs(answer)).sum(-1) + w.b_U[answer]
+        c = (h * w.unembed_dirs(contrast)).sum(-1) + w.b_U[contrast]
         return a - c
-    logits = h @ W_U + b_U  # (chunk, cols, vocab)
+    logits = w.unembed(h)  # (chunk, cols, vocab), float32 in every dtype
     own = logits.gather(-1, answer[..., None])
     if stat == "prob":
         return (own - logits.logsumexp(-1, keepdim=True)).exp().squeeze(-1)

@@ -55,7 +55,11 @@ def run(ctx: Context, params: Params) -> Composite:
                              "metric=kl, l2, logit_diff or prob")
     n_edges, n = api.graph.n_edges, api.n_prompts
     torch.manual_seed(params.seed)
-    theta = torch.full((n_edges,), params.init, **api.kw, requires_grad=True)  # type: ignore[arg-type]
+    # The parameters and Adam's moments stay in float32 in every dtype: in float16 the
+    # squared gradients underflow and Adam's steps blow up (edges dropped for no reason).
+    kw = api.kw
+    theta = torch.full((n_edges,), params.init, device=kw["device"], dtype=torch.float32,  # type: ignore[arg-type]
+                       requires_grad=True)
     opt = torch.optim.Adam([theta], lr=params.lr)
     weight = params.sparsity / 1000.0
     order = torch.randperm(n).tolist()
@@ -68,7 +72,7 @@ def run(ctx: Context, params: Params) -> Composite:
         index = order[slice(start, min(n, start + params.batch_size))]
         with torch.enable_grad():
             keep = torch.sigmoid(theta / params.temperature)
-            logits = api.edge_logits(keep, mode, rows=index)
+            logits = api.edge_logits(keep.to(kw["dtype"]), mode, rows=index)  # type: ignore[arg-type]
             now = api.metric_values(logits, fn, rows=index).mean()
             full = api.metric_values(api.clean_logits[index], fn, rows=index).mean()
             faith = full - now if fn.direction == "higher" else now - full

@@ -60,7 +60,6 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
     if params.head is not None:
         return _svd_table(w, params, h, digits, texts, ctx.model.tokenizer,
                           ctx.graph.check(parse_node(params.head)))
-    W_OV = w.W_V @ w.W_O  # (layer, head, d_model, d_model)
     scores: dict[str, float] = {}
     for layer in range(w.n_layers):
         ctx.check()
@@ -71,8 +70,11 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
             eye = torch.eye(len(ids), dtype=torch.bool, device=aff.device)
             values = aff[:, eye].mean(-1) - aff[:, ~eye].mean(-1)
         else:
-            out = torch.einsum("td,hde->hte", h, W_OV[layer])  # (head, 10, d_model)
-            logits = (out - out.mean(-1, keepdim=True)) @ w.W_U  # (head, 10, vocab)
+            # h @ W_V @ W_O one head at a time through d_head: W_OV (d_model^2 per head,
+            # 12 GB at GPT-2 XL) and W_U (vocab x d_model) are never made
+            v = torch.einsum("td,hde->hte", h, w.W_V[layer])
+            out = torch.einsum("hte,hed->htd", v, w.W_O[layer])  # (head, 10, d_model)
+            logits = direct_logits(w, out - out.mean(-1, keepdim=True))  # (head, 10, vocab)
             if params.among == "digits":
                 logits = logits[..., digits]
                 targets = torch.arange(len(ids), device=logits.device)
@@ -116,6 +118,12 @@ def digit_tokens(tokenizer: Any, answers: Tensor, choice: str = "auto"
     return found[pick], PLAIN if pick == "plain" else SPACED
 
 
+def direct_logits(w: Weights, x: Tensor) -> Tensor:
+    """x @ W_U for residual-space vectors x (..., d_model), biases left out: the centred
+    unembedding without making W_U."""
+    return w.unembed(x) - w.b_U
+
+
 def _embed(w: Weights, tokens: Tensor, embed: str) -> Tensor:
     """(n,) ids -> (n, d_model): the token embedding, plus MLP 0's output with `mlp0`."""
     x = w.W_E[tokens]
@@ -128,18 +136,19 @@ def _svd_table(w: Weights, params: Params, h: Tensor, digits: Tensor, texts: tup
                tokenizer: Any, node: Any) -> Table:
     if node.kind != "attn" or node.port is not None or node.pos is not None:
         raise WorkbenchError(f"head={params.head}: name an attention head, like a1.2")
-    W_OV = w.W_V[node.layer, node.index] @ w.W_O[node.layer, node.index]  # (d_model, d_model)
+    # (d_model, d_model) in float32: torch has no half precision SVD
+    W_OV = w.W_V[node.layer, node.index].float() @ w.W_O[node.layer, node.index].float()
     U, S, Vh = torch.linalg.svd(W_OV)  # x @ W_OV = sum_i (x . U[:, i]) S[i] Vh[i]
     n = max(1, min(params.n_dirs, w.d_head))
     out_dir = Vh[:n] - Vh[:n].mean(-1, keepdim=True)  # the final LayerNorm centres
-    reads = h @ U[:, :n]  # (10, n) how much each digit reads into direction i
-    writes = out_dir @ w.W_U  # (n, vocab)
+    reads = h.float() @ U[:, :n]  # (10, n) how much each digit reads into direction i
+    writes = direct_logits(w, out_dir.to(w.dtype))  # (n, vocab)
     # Singular vectors have no sign: make each direction's largest digit logit positive.
     on_digits = writes[:, digits]
     sign = on_digits.gather(1, on_digits.abs().argmax(1, keepdim=True)).sign()
     sign[sign == 0] = 1
     reads, writes = reads * sign.T, writes * sign
-    all_reads = ln(w.W_E, w.eps) @ U[:, :n] * sign.T  # (vocab, n)
+    all_reads = (ln(w.W_E, w.eps) @ U[:, :n].to(w.dtype)).float() * sign.T  # (vocab, n)
 
     def top(values: Tensor) -> str:
         ids = values.topk(min(3, values.numel())).indices.tolist()

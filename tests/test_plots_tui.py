@@ -89,6 +89,8 @@ async def test_plot_tab_draws_the_selected_result(add3: LoadedModel, tmp_path: P
         await _settle(app, pilot)
         app.submit("run dla")
         await _settle(app, pilot)
+        title = str(app.query_one("#result-title", Static).render())
+        assert title.startswith("r1 node scores") and "(add3 float32; 1 of 1" in title
         await pilot.press("4")
         await pilot.pause()
         pane = app.query_one("#plot-pane", FigurePane)

@@ -588,3 +588,27 @@ def test_a_dropped_session_replays_from_its_file(add3: LoadedModel, tmp_path: Pa
     assert report.session is not None
     assert [str(a.target) for a in report.session.state.ablations] == [
         "a0.0@-1", "a0.2@-1", "a0.3@-1", "m0.n3", "a1.0<k>"]
+
+
+def test_engines_of_other_models_and_old_prompt_sets_are_released() -> None:
+    """Cached runs are GBs at GPT-2 XL: a session keeps the engines of the last
+    `ENGINES_KEPT` prompt sets of the current model only, and undo rebuilds an evicted one
+    with the same numbers."""
+    from workbench.session import ENGINES_KEPT
+
+    s = Session()
+    assert s.execute("load add3 device=cpu").ok
+    assert s.execute("task addition digits=3 n=16").ok
+    first = s.execute("ablate a1.0").out["percent"]
+    prompts = s.state.prompts
+    for seed in range(ENGINES_KEPT + 1):
+        assert s.execute(f"task addition digits=3 n=16 seed={seed + 1}").ok
+        assert s.execute("perf").ok
+    assert len(s._engines) == ENGINES_KEPT
+    assert s.execute("load mul2 device=cpu").ok and s.execute("perf").ok
+    assert [m.card.name for m, _, _ in s._engines.values()] == ["mul2"]
+    gc.collect()
+    while s.state.prompts is not prompts:
+        assert s.execute("undo").ok
+    assert s.state.model is not None and s.state.model.card.name == "add3"
+    assert s.execute("perf").out["percent"] == first  # rebuilt: the same numbers

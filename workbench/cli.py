@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.commands import DTYPES
 from workbench.errors import WorkbenchError, crash_report
 
 
@@ -144,7 +145,7 @@ def evaluate(model: Any, task_name: str, options: dict[str, str]) -> dict[str, A
     report = Report.of(al, enc)
     typed = {k: getattr(task, k) for k in task_options}  # as the task read them
     return {"model": model.identity.source, "identity": model.identity.sha256,
-            "task": task_name, "options": typed, **asdict(report)}
+            "dtype": model.card.dtype, "task": task_name, "options": typed, **asdict(report)}
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -153,12 +154,14 @@ def cmd_eval(argv: list[str]) -> int:
                    help="bundled name, checkpoint folder or cached hub name (default: add3)")
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weights and engine dtype (default: float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("options", nargs="*", help="task options and n=, seed=, corrupt=")
     args = _parse(p, argv)
     from workbench.model import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     task, defaults = model.default_task()
     options = {**({k: str(v) for k, v in defaults.items()} if args.task is None else {}),
                **key_values(args.options)}
@@ -182,13 +185,17 @@ def cmd_open(argv: list[str]) -> int:
     p.add_argument("--session", type=Path, default=None,
                    help="session log (default: a new timestamped file in the data directory)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights and engine dtype (default: float32; half precision halves "
+                   "the memory, sums stay in float32)")
     p.add_argument("--download", action="store_true", help="allow fetching a hub model")
     args = _parse(p, argv)
     from workbench.sessionlog import default_session_path
     from workbench.tui.app import run_app
 
     path = args.session if args.session is not None else default_session_path()
-    return run_app(args.model, path, device=args.device, download=args.download)
+    return run_app(args.model, path, device=args.device, download=args.download,
+                   dtype=args.dtype)
 
 
 def _mix(specs: list[str]) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "resample")
 EXPORT_SUFFIXES: tuple[str, ...] = (".dot", ".svg", ".png", ".json", ".pdf")
 FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # export r<n>: matplotlib
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESULT_ID = re.compile(r"r[1-9][0-9]*")
@@ -65,7 +65,7 @@ class VerbSpec:
 
 VERBS: dict[str, VerbSpec] = {
     "load": VerbSpec(
-        "load MODEL [device=auto|cpu|cuda] [dtype=float32|bfloat16] [step=N]",
+        "load MODEL [device=auto|cpu|cuda] [dtype=float32|bfloat16|float16] [step=N]",
         "load a model (bundled toy name, checkpoint directory or cached hub name); "
         "step=N: a training run's checkpoint at step N",
         1,

@@ -217,6 +217,9 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", dtype: Dtype =
     weights = Weights.from_stacked(stacked, hf)
     description = (directory / "MODEL_CARD.md").read_text() if (
         directory / "MODEL_CARD.md").is_file() else ""
+    from workbench import memory
+
+    memory.trim()  # the conversion's freed buffers go back to the OS (resident ~ the weights)
     return LoadedModel(tokenizer, ModelIdentity(label, digest),
                        _card(hf.config, weights, label, description), weights, hf, directory)
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import __version__, settings
+from workbench import __version__, memory, settings
 from workbench.ablation import Ablation, AblationEngine, Perf
 from workbench.bounds import check_alphabet
 from workbench.commands import Command, help_text, parse
@@ -78,6 +78,7 @@ class State:
     results: tuple[tuple[str, Result], ...] = ()
     circuits: tuple[tuple[str, NamedCircuit], ...] = ()
     dictionaries: DictionarySet = DictionarySet()  # SAEs/transcoders attached by `sae load`
+    made_by: tuple[tuple[str, str], ...] = ()  # result id -> "model dtype" that produced it
     n_results: int = 0  # r<n> ids count up and are not reused (except after undo)
     n_circuits: int = 0
 
@@ -118,6 +119,7 @@ class Outcome:
         return body
 
 
+ENGINES_KEPT = 3  # prompt sets whose cached runs stay resident (current model only)
 UNDOABLE = {"load", "task", "prompts", "metric", "ablate", "restore", "run", "select", "sae"}
 
 
@@ -139,8 +141,8 @@ class Session:
         self.metric_fns: dict[str, Metric] = {
             name: as_metric(name, fn) for name, fn in (metrics or {}).items()}
         self.registry = registry if registry is not None else load_registry()
-        self._engines: dict[tuple[int, int], AblationEngine] = {}
-        self._encoded: dict[tuple[int, int], EncodedPrompts] = {}
+        # (model, prompts, engine) by identity, most recently used last (see `engine`)
+        self._engines: dict[tuple[int, int], tuple[Any, Any, AblationEngine]] = {}
         self._log = SessionLog(self.path) if self.path is not None else None
         self.writes = Writes()  # where save/export may write (replay and reopen narrow it)
         self.recording = True  # False while a reopened log's commands are re-run
@@ -238,7 +240,7 @@ class Session:
         card = model.card
         return {"model": card.name, "identity": model.identity.sha256,
                 "layers": card.n_layers, "heads": card.n_heads, "device": card.device,
-                **({"step": int(step)} if step is not None else {})}, model
+                "dtype": card.dtype, **({"step": int(step)} if step is not None else {})}, model
 
     def _task(self, cmd: Command) -> tuple[dict[str, Any], Any]:
         opts = dict(cmd.opts)
@@ -338,9 +340,11 @@ class Session:
         _check_work(tech, ctx, params)
         result = tech.run(ctx, params)
         rid = f"r{self.state.n_results + 1}"
+        card = self._model().card
         self.state = replace(self.state, results=self.state.results + ((rid, result),),
+                             made_by=self.state.made_by + ((rid, f"{card.name} {card.dtype}"),),
                              n_results=self.state.n_results + 1)
-        out = {"id": rid, "technique": name, **result.summary()}
+        out = {"id": rid, "technique": name, **result.summary(), "dtype": card.dtype}
         used = getattr(result, "metric", None)
         if used is not None:
             out["metric"] = used  # the metric the technique scored with
@@ -499,10 +503,19 @@ class Session:
         """The ablation engine for the current model and prompts (built once, then cached)."""
         model, prompts = self._model(), self._prompts_now()
         key = (id(model), id(prompts))
-        if key not in self._engines:
-            self._engines[key] = AblationEngine(model, encode(prompts, model.tokenizer),
-                                                Graph.of(model.card))
-        return self._engines[key]
+        hit = self._engines.pop(key, None)
+        if hit is None or hit[0] is not model or hit[1] is not prompts:
+            # Cached runs are large (GBs at GPT-2 XL): keep the last few prompt sets of the
+            # current model only; undo to an evicted one rebuilds it.
+            for old in [k for k, (m, _, _) in self._engines.items() if m is not model]:
+                del self._engines[old]
+            while len(self._engines) >= ENGINES_KEPT:
+                del self._engines[next(iter(self._engines))]
+            memory.trim()
+            hit = (model, prompts, AblationEngine(model, encode(prompts, model.tokenizer),
+                                                  Graph.of(model.card)))
+        self._engines[key] = hit
+        return hit[2]
 
     def _targets(self, words: tuple[str, ...], graph: Graph, pos: str | None) -> list[Any]:
         out: list[Any] = []

@@ -172,7 +172,7 @@ def _attention_back(w: Weights, tr: Trace, layer: int, g: Tensor) -> Tensor:
 def metric_seed(w: Weights, tr: Trace, enc: EncodedPrompts) -> Tensor:
     """dT/d(final residual) (batch, pos, d) for T = the mean logit difference."""
     assert tr.final is not None
-    direction = (w.W_U.T[enc.answer] - w.W_U.T[enc.contrast])  # (b, n_ans, d)
+    direction = w.unembed_dirs(enc.answer) - w.unembed_dirs(enc.contrast)  # (b, n_ans, d)
     weight = (enc.answer != enc.contrast).to(direction.dtype)
     weight = weight / weight.sum(-1, keepdim=True).clamp(min=1) / enc.n
     at = enc.answer_pos
@@ -502,7 +502,7 @@ def frozen_target(w: Weights, tr: Trace, dicts: DictionarySet, enc: EncodedPromp
     final = resid.gather(1, at.unsqueeze(-1).expand(-1, -1, resid.shape[-1]))
     clean_final = tr.final.gather(1, at.unsqueeze(-1).expand(-1, -1, resid.shape[-1]))
     h = (final - final.mean(-1, keepdim=True)) / _scale(clean_final, w.eps)
-    lg = h @ w.W_U + w.b_U
+    lg = w.unembed(h)
     from workbench.metrics import logit_diff_per_prompt
 
     return float(logit_diff_per_prompt(lg, enc).mean())

@@ -77,9 +77,10 @@ class WorkbenchApp(SessionRunner):
 
     def __init__(self, session: Session | None = None, *, model: str | None = None,
                  session_path: Path | None = None, device: str = "auto",
-                 download: bool = False, keymap: dict[str, str] | None = None) -> None:
+                 dtype: str | None = None, download: bool = False,
+                 keymap: dict[str, str] | None = None) -> None:
         super().__init__(session, model=model, session_path=session_path, device=device,
-                         download=download)
+                         dtype=dtype, download=download)
         self.keymap, self._key_problems = (keymap, []) if keymap is not None else load_keymap()
         self.history: list[float] = []  # performance % after each change, for the sparkline
         self.selected_result: str | None = None
@@ -239,7 +240,8 @@ class WorkbenchApp(SessionRunner):
         grid.show(grid_view(state, result), "no model: try  load add3")
         self.query_one("#left").styles.width = max(44, grid.wanted_width())  # CSS caps it
         index = ids.index(self.selected_result) if self.selected_result in ids else 0
-        self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids))
+        self.query_one(ResultsPane).show(self.selected_result, result, index, len(ids),
+                                         dict(state.made_by).get(self.selected_result or "", ""))
         self.query_one(GraphView).show(self._graph_layout())
         rid = self.selected_result
         self.query_one("#plot-pane", FigurePane).show(result_key(rid, result),
@@ -377,8 +379,8 @@ def one_line(text: str) -> str:
 
 
 def run_app(model: str | None, session_path: Path | None, device: str = "auto",
-            download: bool = False) -> int:
+            download: bool = False, dtype: str | None = None) -> int:
     """Run the TUI in this terminal until the user quits."""
-    WorkbenchApp(model=model, session_path=session_path, device=device,
+    WorkbenchApp(model=model, session_path=session_path, device=device, dtype=dtype,
                  download=download).run()
     return 0

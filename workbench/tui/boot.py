@@ -47,37 +47,41 @@ class Opened:
 
 def open_session(model: str | None, path: Path | None, device: str = "auto",
                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-                 download: bool = False) -> tuple[Session, list[Outcome]]:
+                 download: bool = False, dtype: str | None = None
+                 ) -> tuple[Session, list[Outcome]]:
     """A session with the model resident; `path` is created, or reopened when it exists.
 
     Raises `WorkbenchError` with one line when `path` cannot be reopened or the reopening is
     cancelled (`open_or_fresh` turns that into a fresh session and a notice).
     """
-    opened = _open(model, path, device, progress, cancelled, download)
+    opened = _open(model, path, device, progress, cancelled, download, dtype)
     return opened.session, opened.outcomes
 
 
 def open_or_fresh(model: str | None, path: Path | None, device: str = "auto",
                   progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-                  download: bool = False) -> Opened:
+                  download: bool = False, dtype: str | None = None) -> Opened:
     """`open_session`, but a refused file gives a fresh session and a notice, never nothing."""
     try:
-        return _open(model, path, device, progress, cancelled, download)
+        return _open(model, path, device, progress, cancelled, download, dtype)
     except WorkbenchError as exc:
         fresh = default_session_path()
-        opened = _open(model, fresh, device, progress, None, download)
+        opened = _open(model, fresh, device, progress, None, download, dtype)
         opened.notices.insert(0, f"could not reopen {path}: {exc}; started a new session "
                                  f"{fresh} (the file was not changed)")
         return opened
 
 
 def _open(model: str | None, path: Path | None, device: str, progress: Progress | None,
-          cancelled: Callable[[], bool] | None, download: bool) -> Opened:
+          cancelled: Callable[[], bool] | None, download: bool, dtype: str | None = None
+          ) -> Opened:
+    """`dtype` (None: float32) is the new session's first load's; a reopened log keeps the
+    dtype its recorded load names."""
     report = progress or (lambda fraction, message: None)
     stop = cancelled or (lambda: False)
     exists = path is not None and path.is_file() and path.stat().st_size > 0
     if exists and path is not None and is_jsonl_session(path):
-        return _reopen(model, path, device, report, stop, download)
+        return _reopen(model, path, device, report, stop, download, dtype)
     script: list[str] = []
     notices: list[str] = []
     if exists and path is not None:  # a script: run it into a new log, leave it as it is
@@ -96,7 +100,8 @@ def _open(model: str | None, path: Path | None, device: str, progress: Progress 
         if download:
             load_model(source, device=device, download=True)  # fetch into the local cache
         outcome = session.execute(f"load {source}" + (f" device={device}"
-                                                      if device != "auto" else ""))
+                                                      if device != "auto" else "")
+                                  + (f" dtype={dtype}" if dtype else ""))
         outcomes.append(outcome)
         if not outcome.ok:  # keep the session: the user can `load` another model
             return Opened(session, outcomes, notices)
@@ -113,11 +118,14 @@ def _open(model: str | None, path: Path | None, device: str, progress: Progress 
 
 
 def _reopen(model: str | None, path: Path, device: str, report: Progress,
-            stop: Callable[[], bool], download: bool) -> Opened:
+            stop: Callable[[], bool], download: bool, dtype: str | None = None) -> Opened:
     """Rebuild the state of an existing log by re-running its commands, unrecorded."""
     header, entries = SessionLog.read(path)  # a corrupt log is refused here, unchanged
     notices = SessionLog.verify(path)
     first_loads = bool(entries) and entries[0].cmd.split()[0] == "load"
+    if dtype and first_loads:
+        notices.append(f"--dtype {dtype} not applied: {path} starts with its own load, which "
+                       f"is replayed as recorded (type  load MODEL dtype={dtype}  to switch)")
     preloaded = None
     if not first_loads:
         source = header.model_source or model or DEFAULT_MODEL
@@ -125,7 +133,8 @@ def _reopen(model: str | None, path: Path, device: str, report: Progress,
             raise WorkbenchError(f"{path} was recorded on a model object ({source}); add a "
                                  "load command to it or open it from Python")
         report(0.0, f"loading {source}")
-        preloaded = load_model(source, device=device, download=download)
+        preloaded = load_model(source, device=device, download=download,
+                               dtype=dtype or "float32")  # type: ignore[arg-type]
     session = Session(path, model=preloaded, device=device, seed=header.seed or 0,
                       resume=True)
     session.recording, session.writes = False, Writes.nowhere()

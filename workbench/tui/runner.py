@@ -48,13 +48,13 @@ class SessionRunner(App[None]):
 
     def __init__(self, session: Session | None = None, *, model: str | None = None,
                  session_path: Path | None = None, device: str = "auto",
-                 download: bool = False) -> None:
+                 dtype: str | None = None, download: bool = False) -> None:
         super().__init__()
         self.session: Session | None = None
         self.ready = False  # the model is resident and the first views are shown
         self.busy = False  # the worker is executing or about to
         self._given = session
-        self._open_args = (model, session_path, device, download)
+        self._open_args = (model, session_path, device, dtype, download)
         self._queue: deque[str] = deque()
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -77,10 +77,10 @@ class SessionRunner(App[None]):
             if self._given is not None:
                 session, outcomes = self._given, list(self._given.outcomes)
             else:
-                model, path, device, download = self._open_args
+                model, path, device, dtype, download = self._open_args
                 self.post_message(Progress(None, f"loading {model or 'the default model'}"))
                 opened = open_or_fresh(model, path, device, self._progress(),
-                                       self._cancel.is_set, download)
+                                       self._cancel.is_set, download, dtype)
                 session, outcomes, notices = opened.session, opened.outcomes, opened.notices
             first = Snapshot(None, problem="measuring performance...") \
                 if session.state.model is not None else self._build(session, None)

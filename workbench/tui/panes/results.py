@@ -171,7 +171,9 @@ class ResultsPane(VerticalScroll):
                     f"{TOP})", id="result-search")
         yield Static("", id="result-body")
 
-    def show(self, rid: str | None, result: Result | None, index: int, count: int) -> None:
+    def show(self, rid: str | None, result: Result | None, index: int, count: int,
+             made_by: str = "") -> None:
+        """Show result `rid`; `made_by` names the model and dtype that produced it."""
         self.rid = rid
         title = self.query_one("#result-title", Static)
         body = self.query_one("#result-body", Static)
@@ -180,7 +182,8 @@ class ResultsPane(VerticalScroll):
             body.update("")
             self._shown = self._result = None
             return
-        title.update(f"{describe(rid, result)}   ({index + 1} of {count}; [ ] to switch)")
+        origin = f"{made_by}; " if made_by else ""
+        title.update(f"{describe(rid, result)}   ({origin}{index + 1} of {count}; [ ] to switch)")
         key = (rid, id(result), self.query)
         if key != self._shown:  # a toggle re-shows the same result: nothing to redo
             self._shown = key
