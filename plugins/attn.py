@@ -1,7 +1,8 @@
 """Attention patterns (`run attn`): where each head looks, summarised into role scores.
 
-1. Run the bridge on the clean prompts (in chunks, under `torch.no_grad()`), recording every
-   layer's `hook_pattern` (batch, head, query, key) through `workbench.hooks`.
+1. Each layer's pattern (batch, head, query, key; TransformerLens's `hook_pattern`) is
+   recomputed from the engine's cached clean residual before that layer (`api.attention_pattern`:
+   q and k only, in chunks of prompts), checked against the bridge's hooks in the tests.
 2. A score is the attention mass a head puts on chosen key positions, averaged over chosen query
    positions of each prompt, then over the prompts that have such positions:
    - `prev`: query q reads key q - 1 (every q >= 1): previous-token heads;
@@ -13,8 +14,8 @@
 3. With `head=a1.2`, return that head's mean pattern instead: a Table query x key over the
    positions (rows beyond a prompt's length are not counted).
 
-Returns NodeScores (one per head, mass in [0, 1]) or a Table. Cost: 1 FE (one bridge forward
-over the clean prompts).
+Returns NodeScores (one per head, mass in [0, 1]) or a Table. Cost: well under 1 FE (q and k
+of each layer from the cached clean residuals; no model forward).
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from torch import Tensor
 
 from workbench.errors import WorkbenchError
 from workbench.graph import parse_node
-from workbench.hooks import Site, hook_name, hooks
 from workbench.plugins import Context, NodeScores, Table, Technique
 from workbench.positions import arithmetic_roles, position_labels
 from workbench.tasks.encode import EncodedPrompts
 
-CHUNK = 64  # prompts per bridge forward
+CHUNK = 64  # prompts per pattern
 
 
 @dataclass(frozen=True)
@@ -71,29 +71,19 @@ def run(ctx: Context, params: Params) -> NodeScores | Table:
 
 
 def _reduce(ctx: Context, layers: list[int], fn: Any) -> dict[int, Tensor]:
-    """Sum `fn(pattern, rows)` over prompt chunks for each layer; pattern (chunk, head, q, k).
-
-    The reduction runs inside the hook, so no pattern outlives its layer's forward."""
-    enc, bridge = ctx.api.enc, ctx.model.bridge
+    """Sum `fn(pattern, rows)` over prompt chunks for each layer; pattern (chunk, head, q, k),
+    recomputed from the cached clean residuals (`api.attention_pattern`), so no pattern
+    outlives its chunk and no second copy of the model is made."""
+    api = ctx.api
     out: dict[int, Tensor] = {}
-    rows = slice(0)
-
-    def reducer(layer: int) -> Any:
-        def hook(pattern: Tensor, hook: Any = None) -> None:
-            part = fn(pattern.detach().to(enc.clean.device, torch.float32), rows)
-            out[layer] = part if layer not in out else out[layer] + part
-        return hook
-
-    fwd = [(hook_name(Site.PATTERN, layer), reducer(layer)) for layer in layers]
-    with torch.no_grad(), hooks(bridge, fwd):
-        for start in range(0, enc.n, CHUNK):
+    for i, layer in enumerate(layers):
+        for start in range(0, api.n_prompts, CHUNK):
             ctx.check()
-            ctx.progress(start / enc.n, "recording attention patterns")
+            ctx.progress(i / len(layers), "attention patterns")
             rows = slice(start, start + CHUNK)
-            bridge(enc.clean[rows].to(ctx.model.device))
-    if len(out) != len(layers):
-        raise WorkbenchError("the attention pattern hooks did not fire")
-    ctx.progress(1.0, "attention patterns recorded")
+            part = fn(api.attention_pattern(layer, rows=rows), rows)
+            out[layer] = part if layer not in out else out[layer] + part
+    ctx.progress(1.0, "attention patterns")
     return out
 
 
@@ -140,5 +130,5 @@ def _score_weights(ctx: Context, params: Params) -> tuple[Tensor, str]:
 
 TECHNIQUE = Technique(
     name="attn", title="Attention patterns and head-role scores", Params=Params, run=run,
-    cost="1 FE (one bridge forward over the clean prompts, recording hook_pattern)",
+    cost="< 1 FE (each layer's q, k from the cached clean residuals; no model forward)",
 )

@@ -14,7 +14,9 @@ and the ablated (corrupted / mean / zero) output.
 3. The circuit is the edges with keep > 0.5, or the `target_edges` largest coefficients.
 One step costs one forward and one backward of the whole model, independent of the number of
 layers (the seed note's O(layers) forwards are not needed: every receiver reads its own
-interpolated input inside one pass).
+interpolated input inside one pass). A minibatch whose working set would not fit the memory
+budget (`workbench.memory`, estimated from shapes before the run) is split into chunks whose
+gradients are accumulated before the step: the same update, in less memory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Annotated
 
 import torch
 
-from workbench.engine.api import Mode
+from workbench import memory
+from workbench.engine.api import EngineAPI, Mode
 from workbench.errors import WorkbenchError
 from workbench.graph import Circuit
 from workbench.plugins import CircuitResult, Composite, Context, Curve, EdgeScores, Technique
@@ -63,6 +66,10 @@ def run(ctx: Context, params: Params) -> Composite:
     opt = torch.optim.Adam([theta], lr=params.lr)
     weight = params.sparsity / 1000.0
     order = torch.randperm(n).tolist()
+    chunk = memory.fit_chunk(
+        working_bytes(api), 0, params.batch_size, api.weights.nbytes,
+        api.weights.W_E.device, "run mask",
+        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
     losses, counts = [], []
     for step in range(params.steps):
         ctx.check()
@@ -70,16 +77,21 @@ def run(ctx: Context, params: Params) -> Composite:
             ctx.progress(step / params.steps, f"mask step {step}/{params.steps}")
         start = (step * params.batch_size) % n
         index = order[slice(start, min(n, start + params.batch_size))]
+        opt.zero_grad()
+        faith = torch.zeros((), device=theta.device)
+        for part in (index[i: i + chunk] for i in range(0, len(index), chunk)):
+            with torch.enable_grad():  # the faithfulness loss, its gradient summed over chunks
+                keep = torch.sigmoid(theta / params.temperature)
+                logits = api.edge_logits(keep.to(kw["dtype"]), mode, rows=part)  # type: ignore[arg-type]
+                now = api.metric_values(logits, fn, rows=part).sum()
+                full = api.metric_values(api.clean_logits[part], fn, rows=part).sum()
+                part_faith = (full - now if fn.direction == "higher" else now - full) / len(index)
+                part_faith.backward()
+            faith += part_faith.detach()
         with torch.enable_grad():
             keep = torch.sigmoid(theta / params.temperature)
-            logits = api.edge_logits(keep.to(kw["dtype"]), mode, rows=index)  # type: ignore[arg-type]
-            now = api.metric_values(logits, fn, rows=index).mean()
-            full = api.metric_values(api.clean_logits[index], fn, rows=index).mean()
-            faith = full - now if fn.direction == "higher" else now - full
             expected = keep.sum()
-            loss = faith + weight * expected
-            opt.zero_grad()
-            loss.backward()
+            (weight * expected).backward()
         opt.step()
         if params.target_edges is not None:  # dual ascent on the sparsity weight
             gap = (float(expected.detach()) - params.target_edges) / max(params.target_edges, 1)
@@ -103,6 +115,17 @@ def run(ctx: Context, params: Params) -> Composite:
                            {"faithfulness loss": tuple(losses),
                             "expected edges": tuple(counts)}, metric=fn.name)),
     ), metric=fn.name)
+
+
+def working_bytes(api: EngineAPI) -> int:
+    """Bytes per prompt of one edge-masked forward kept for its backward: every source's delta,
+    each layer's per-receiver q/k/v inputs and their LayerNorms (3 x heads residual-wide
+    tensors, twice), EAP's per-layer terms and the answer logits with their gradient."""
+    w, g = api.weights, api.graph
+    p, d, s = api.n_pos, w.d_model, w.W_E.element_size()
+    n_answer, vocab = api.enc.answer.shape[1], w.W_E.shape[0]
+    per_layer = (6 * w.n_heads * d + 16 * d + 2 * w.d_mlp) * s + 12 * w.n_heads * p
+    return g.n_sources * p * d * s + w.n_layers * p * per_layer + 12 * n_answer * vocab
 
 
 TECHNIQUE = Technique(

@@ -156,6 +156,26 @@ def test_mask_drops_dead_edges(micro: AblationEngine, tmp_path: Path) -> None:
     assert circuit.edges and not any(_dead(e) for e in circuit.edges)
 
 
+def test_mask_minibatch_split_into_chunks_gives_the_same_mask(
+        add3: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A minibatch over the memory budget is split and its gradients summed before the step:
+    the same Adam updates as one chunk (up to float summation order)."""
+    from plugins import mask
+    from workbench import memory
+    from workbench.plugins import Context
+
+    engine = _engine(add3, n=24)
+    ctx = Context(model=add3, prompts=None, enc=engine.enc, metric="logit_diff",  # type: ignore[arg-type]
+                  mode="mean", graph=engine.graph, engine=engine)
+    params = mask.Params(steps=15, batch_size=16)
+    whole = dict(mask.run(ctx, params).parts)["keep"].values
+    chunks = []
+    monkeypatch.setattr(memory, "fit_chunk", lambda *a, **k: chunks.append(5) or 5)
+    split = dict(mask.run(ctx, params).parts)["keep"].values
+    assert chunks == [5]
+    torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
+
+
 def test_session_runs_discovery_and_checks_circuits(add3: LoadedModel, tmp_path: Path) -> None:
     s = Session(tmp_path / "s.jsonl", model=add3)
     assert s.execute("task addition digits=3 n=32 seed=4").ok

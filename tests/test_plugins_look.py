@@ -4,8 +4,9 @@ against a direct computation, and a few behaviours of the bundled `add3` model.
 - hooks: names from typed sites; every site exists on the bridge; hooks fire once and are gone
   after the `with` block (also after an exception); gated sites need their flag.
 - logit_lens at `final` is the model's own logits (prob, rank and logit diff).
-- attn's patterns, recorded through the bridge's hooks, equal patterns recomputed from the
-  engine's folded weights; add3 has heads that read the operand digits of the same place value.
+- attn's patterns (recomputed from the cached residuals) equal the bridge's hook_pattern and a
+  direct computation from the folded weights; add3 has heads that read the operand digits of
+  the same place value.
 - ov_copy scores are fractions; with `top_k` = everything they are 1.
 - ablate_each of a head equals `ablate` + `perf` through the session.
 """
@@ -184,6 +185,30 @@ def test_attention_scores_match_patterns_from_the_weights(tiny: Context) -> None
         torch.testing.assert_close(table.values, pattern[:, 1].mean(0), atol=1e-5, rtol=1e-4)
     assert attn.run(tiny, attn.Params()).scores == attn.run(
         tiny, attn.Params(score="back", k=1)).scores
+
+
+def test_attention_pattern_equals_the_bridge_hook_pattern(tiny: Context) -> None:
+    """attn reads `api.attention_pattern` (from the cached residuals); TransformerLens's own
+    hook_pattern on the bridge is the independent reference."""
+    eng = tiny.engine
+    got: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int) -> object:
+        def hook(pattern: torch.Tensor, hook: object = None) -> None:
+            got[layer] = pattern.detach().float()
+        return hook
+
+    bridge = tiny.model.bridge
+    fwd = [(hook_name(Site.PATTERN, layer), keep(layer)) for layer in range(eng.graph.n_layers)]
+    with torch.no_grad(), hooks(bridge, fwd):
+        bridge(eng.enc.clean)
+    for layer in range(eng.graph.n_layers):
+        mine = tiny.api.attention_pattern(layer)
+        torch.testing.assert_close(mine, got[layer], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(tiny.api.attention_pattern(layer, rows=[2, 0]),
+                                   mine[[2, 0]])
+    with pytest.raises(WorkbenchError, match="layers are"):
+        tiny.api.attention_pattern(eng.graph.n_layers)
 
 
 def test_head_pattern_table_is_causal_and_rows_sum_to_one(tiny: Context) -> None:

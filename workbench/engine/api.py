@@ -262,6 +262,17 @@ class EngineAPI:
             raise WorkbenchError(f"residual({layer}): layers are 0..{self.graph.n_layers}")
         return self._acts(run).resid_pre[layer]
 
+    def attention_pattern(self, layer: int, run: Run = "clean", rows: Rows = None) -> Tensor:
+        """(batch, head, query, key) float32: layer's attention pattern on the cached run
+        (TransformerLens's hook_pattern), recomputed from its residual: no model forward, no
+        bridge (a second copy of the weights)."""
+        if not 0 <= layer < self.graph.n_layers:
+            raise WorkbenchError(f"attention_pattern({layer}): layers are "
+                                 f"0..{self.graph.n_layers - 1}")
+        resid = self._acts(run).rows(_index(rows)).resid_pre[layer]
+        with torch.no_grad():
+            return self._engine.forward.pattern(resid, layer)
+
     def residual_logits(self, layer: int, resid: Tensor) -> Tensor:
         """Answer logits of the clean prompts with the residual stream before `layer` replaced
         by `resid` (batch, pos, d_model) and layers `layer`.. rerun (no ablations)."""

@@ -334,14 +334,27 @@ class Forward:
             qkv = torch.matmul(ln(x, w.eps).view(t, h, b * p, d), w.qkv_mats(layer))
             q, k, v = qkv.view(t, h, b, p, -1).permute(0, 2, 3, 1, 4).unbind(0)  # (b, p, h, e)
             q, k, v = q + w.b_Q[layer], k + w.b_K[layer], v + w.b_V[layer]
-        # Scores and softmax in float32 in every dtype (reorder_and_upcast_attn's rule).
+        pattern = self._softmax(q, k, layer).to(v.dtype)
+        return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+
+    def pattern(self, resid: Tensor, layer: int) -> Tensor:
+        """(batch, head, query, key) float32: layer's attention pattern in a plain run whose
+        residual before `layer` is `resid` (batch, pos, d) -- TransformerLens's hook_pattern."""
+        w = self.w
+        raw = ln(resid, w.eps) @ w.W_QKV[layer]
+        q, k, _ = (raw + w.b_QKV[layer]).unflatten(-1, (3, w.n_heads, w.d_head)).unbind(2)
+        return self._softmax(q, k, layer)
+
+    def _softmax(self, q: Tensor, k: Tensor, layer: int) -> Tensor:
+        """(batch, head, q, k) pattern from q, k (batch, pos, head, e): scores and softmax in
+        float32 in every dtype (reorder_and_upcast_attn's rule)."""
+        w = self.w
         scores = torch.einsum("bqhe,bkhe->bhqk", wide(q), wide(k)) * w.attn_scale[layer]
         if w.causal:
             n = q.shape[1]
-            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
             scores = scores.masked_fill(~causal, float("-inf"))
-        pattern = scores.softmax(-1).to(v.dtype)
-        return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        return scores.softmax(-1)
 
     @staticmethod
     def _replace(out: Tensor, mask: Tensor, values: dict[Mode, Activations], pick: object

@@ -238,7 +238,7 @@ def train_sae(cfg: SaeConfig, out: Path | None = None,
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = model or load_model(cfg.model)
-    w = Weights.from_bridge(model.bridge)
+    w = model.weights  # the one resident copy (a bridge would be a second)
     if not 0 <= cfg.layer < w.n_layers:
         raise WorkbenchError(f"--layer {cfg.layer}: the model has layers 0..{w.n_layers - 1}")
     forward = Forward(w)
