@@ -243,7 +243,7 @@ def test_malformed_options_and_quotes(line: str, fragment: str) -> None:
         ("load add3 device=gpu", "unknown device 'gpu': did you mean cpu? choose auto|cpu|cuda"),
         (
             "load add3 dtype=float64",
-            "unknown dtype 'float64': did you mean bfloat16? choose float32|bfloat16",
+            "unknown dtype 'float64': did you mean float16? choose float32|bfloat16|float16",
         ),
         ("task addition n=0", "task: n=0 must be an integer >= 1"),
         ("select r1 top=0", "select: top=0 must be an integer >= 1"),
