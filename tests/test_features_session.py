@@ -57,6 +57,9 @@ def test_sae_load_attaches_and_undo_detaches(tiny_checkpoint: Path, folder: Path
     bad = s.execute("sae load /no/such/folder")
     assert not bad.ok and "no such folder" in (bad.error or "")
     assert not s.execute("sae unload x").ok
+    refused = s.execute("ablate m1.f3")  # features go through select + check, said in one line
+    assert not refused.ok and "select m1.f3" in (refused.error or "")
+    assert "\n" not in (refused.error or "")
 
 
 def test_feature_circuit_check_is_the_ablated_replacement(tiny_checkpoint: Path,

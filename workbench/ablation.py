@@ -158,7 +158,9 @@ class AblationEngine:
                                          f"{self.weights.d_mlp - 1}")
                 _ablate(neuron, neuron_mode, (n.layer, n.index, pos), m)
             elif n.kind == "feature":
-                raise WorkbenchError(f"{n}: features need an SAE or transcoder loaded first")
+                raise WorkbenchError(
+                    f"{n}: ablate takes heads, MLPs, neurons and edges; features are tested as "
+                    f"a circuit: select {n} ... (after sae load), then check c<n>")
             elif n.kind == "logits":
                 _ablate(receiver, receiver_mode, (lay.n_receivers - 1, pos), m)
             elif n.port is not None:
