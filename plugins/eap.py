@@ -62,9 +62,9 @@ def edge_attribution(engine: AblationEngine | EngineAPI, metric: str | Metric, m
     total = torch.zeros(api.graph.n_edges, device=w.W_E.device,
                         dtype=torch.promote_types(w.dtype, torch.float32))
     alphas = [at] if steps == 0 else [(i + 0.5) / steps for i in range(steps)]
-    batch_size = memory.fit_chunk(
+    batch_size = memory.balanced(n, memory.fit_chunk(
         working_bytes(api), 0, batch_size, w.nbytes, w.W_E.device, "run eap",
-        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
+        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16"))
     chunks = list(range(0, n, batch_size))
     done, todo = 0, len(chunks) * len(alphas)
     for start in chunks:

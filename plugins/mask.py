@@ -66,10 +66,10 @@ def run(ctx: Context, params: Params) -> Composite:
     opt = torch.optim.Adam([theta], lr=params.lr)
     weight = params.sparsity / 1000.0
     order = torch.randperm(n).tolist()
-    chunk = memory.fit_chunk(
+    chunk = memory.balanced(min(n, params.batch_size), memory.fit_chunk(
         working_bytes(api), 0, params.batch_size, api.weights.nbytes,
         api.weights.W_E.device, "run mask",
-        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16")
+        "use fewer prompts (task ... n=), a smaller model or dtype=bfloat16"))
     losses, counts = [], []
     for step in range(params.steps):
         ctx.check()

@@ -173,6 +173,8 @@ def test_mask_minibatch_split_into_chunks_gives_the_same_mask(
     monkeypatch.setattr(memory, "fit_chunk", lambda *a, **k: chunks.append(5) or 5)
     split = dict(mask.run(ctx, params).parts)["keep"].values
     assert chunks == [5]
+    assert [memory.balanced(n, c) for n, c in ((32, 14), (32, 32), (5, 1), (7, 3), (10, 64))] \
+        == [11, 32, 1, 3, 10]
     torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
 
 

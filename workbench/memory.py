@@ -56,6 +56,14 @@ def fit_chunk(per_prompt: int, fixed: int, wanted: int, weight_bytes: int,
     return 1  # over the budget but within what is free: run one prompt at a time
 
 
+def balanced(n: int, chunk: int) -> int:
+    """The chunk size that splits `n` items into as few chunks as `chunk` allows, all about
+    equal (32 prompts at a limit of 14: 11, 11, 10 rather than 14, 14, 4)."""
+    n, chunk = max(n, 1), max(chunk, 1)
+    pieces = -(-n // chunk)
+    return -(-n // pieces)
+
+
 def require(need: int, what: str, fix: str, device: torch.device) -> None:
     """Refuse when `need` bytes exceed what `device` has free."""
     free = available(device)
