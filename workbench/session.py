@@ -5,7 +5,8 @@
 2. A verb that fails raises `WorkbenchError`; the state is left exactly as it was and the
    outcome carries the one-line error.
 3. State is an immutable `State` value; state-changing verbs push the old value on the undo
-   stack. Models and ablation engines are cached by identity, so undo never reloads.
+   stack, so undo never reloads a model. Ablation engines (cached runs) are kept by identity
+   for the last `ENGINES_KEPT` prompt sets of the current model; undo past them rebuilds one.
 4. Every command is appended to the session log (JSON Lines, one appended line each) with its
    summary, a digest of it and the seconds taken: a crash loses nothing and the file replays.
 5. An unexpected exception (a bug) is caught too: the state is put back, a crash report is
