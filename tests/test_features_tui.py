@@ -4,11 +4,10 @@ on it (error nodes, which have no feature, do nothing)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
+from pilot_helpers import settle
 
 from workbench.graph import parse_node
 from workbench.model import LoadedModel
@@ -17,15 +16,6 @@ from workbench.tui.app import WorkbenchApp
 from workbench.tui.panes.graph_view import GraphView
 from workbench.tui.panes.results import render_result
 from workbench.tui.views import card_view
-
-
-async def settle(app: WorkbenchApp, pilot: Pilot[None], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    await pilot.pause()
-    while not app.ready or app.busy or app._queue:
-        assert time.monotonic() < deadline, "the app did not settle"
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_helpers import settle
 from pytest_textual_snapshot import SVGImageExtension
 from textual.pilot import Pilot
 
@@ -146,20 +147,13 @@ def _addition_session(add3: LoadedModel, tmp_path: Path,
     return s
 
 
-async def _settle(app: WorkbenchApp, pilot: Pilot[None]) -> None:
-    await pilot.pause()
-    while not app.ready or app.busy or app._queue:
-        await pilot.pause(0.02)
-    await pilot.pause()
-
-
 @pytest.mark.asyncio
 async def test_addition_graph_tab_draws_every_edge(add3: LoadedModel, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     session = _addition_session(add3, tmp_path, monkeypatch)
     app = WorkbenchApp(session, keymap={})
     async with app.run_test(size=(120, 40)) as pilot:
-        await _settle(app, pilot)
+        await settle(app, pilot)
         await pilot.press("3")
         await pilot.pause()
         view = app.query_one(GraphView)
@@ -185,7 +179,7 @@ def test_snapshot_addition_graph_120x40(snap_compare: Any, add3: LoadedModel, tm
     app = WorkbenchApp(_addition_session(add3, tmp_path, monkeypatch), keymap={})
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await _settle(app, pilot)
+        await settle(app, pilot)
         await pilot.press("3")
         await pilot.pause()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_helpers import settle
 from pytest_textual_snapshot import SVGImageExtension
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -49,13 +50,6 @@ def _session(add3: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return s
 
 
-async def _settle(app: WorkbenchApp, pilot: Pilot[None]) -> None:
-    await pilot.pause()
-    while not app.ready or app.busy or app._queue:
-        await pilot.pause(0.02)
-    await pilot.pause()
-
-
 def _braille(plot: LinesPlot) -> int:
     return sum("\u2800" < ch <= "\u28ff" for ch in plot.plt.build())
 
@@ -66,7 +60,7 @@ async def test_train_tab_shows_add3_per_digit_loss_curves(add3: LoadedModel, tmp
                                                           ) -> None:
     app = WorkbenchApp(_session(add3, tmp_path, monkeypatch), keymap={})
     async with app.run_test(size=(120, 40)) as pilot:
-        await _settle(app, pilot)
+        await settle(app, pilot)
         await pilot.press("5")
         await pilot.pause()
         pane = app.query_one("#train-pane", FigurePane)
@@ -86,9 +80,9 @@ async def test_plot_tab_draws_the_selected_result(add3: LoadedModel, tmp_path: P
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     app = WorkbenchApp(_session(add3, tmp_path, monkeypatch), keymap={})
     async with app.run_test(size=(120, 40)) as pilot:
-        await _settle(app, pilot)
+        await settle(app, pilot)
         app.submit("run dla")
-        await _settle(app, pilot)
+        await settle(app, pilot)
         title = str(app.query_one("#result-title", Static).render())
         assert title.startswith("r1 node scores") and "(add3 float32; 1 of 1" in title
         await pilot.press("4")
@@ -97,7 +91,7 @@ async def test_plot_tab_draws_the_selected_result(add3: LoadedModel, tmp_path: P
         assert isinstance(pane.figure, Heat) and pane.figure.signed
         assert pane.figure.rows == ("L0", "L1") and pane.figure.cols[-1] == "mlp"
         app.submit("run curve n=4")
-        await _settle(app, pilot)
+        await settle(app, pilot)
         await pilot.press("4")
         await pilot.pause()
         assert isinstance(pane.figure, Lines)
@@ -121,7 +115,7 @@ def test_snapshot_train_tab_120x40(snap_compare: Any, add3: LoadedModel, tmp_pat
     app = WorkbenchApp(_session(add3, tmp_path, monkeypatch), keymap={})
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await _settle(app, pilot)
+        await settle(app, pilot)
         await pilot.press("5")
         await pilot.pause()
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
+from pilot_helpers import settle
 
 from workbench import cli
 from workbench.cli import main
@@ -188,21 +188,13 @@ async def test_tui_on_a_refused_session_is_usable(
     garbage.write_bytes(b"\xff\xfe random bytes \x00\x01" * 50)
     app = WorkbenchApp(model="add3", session_path=garbage, device="cpu", keymap={})
 
-    async def settle(pilot: object) -> None:
-        deadline = time.monotonic() + 60
-        await pilot.pause()  # type: ignore[attr-defined]
-        while not app.ready or app.busy or app._queue:
-            assert time.monotonic() < deadline, "the app did not settle"
-            await pilot.pause(0.02)  # type: ignore[attr-defined]
-        await pilot.pause()  # type: ignore[attr-defined]
-
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
+        await settle(app, pilot)
         assert app.ready and app.session is not None
         assert app.session.path != garbage and garbage.read_bytes().startswith(b"\xff\xfe")
         app.submit("ablate a0.1")
         app.submit("prompts " + str(garbage))  # a failing command: logged, one line
-        await settle(pilot)
+        await settle(app, pilot)
         assert [o.ok for o in app.session.outcomes] == [True, True, False]
         assert [str(a.target) for a in app.session.state.ablations] == ["a0.1"]
         log = app.session.path

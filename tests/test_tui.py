@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from pilot_helpers import settle
 from pytest_textual_snapshot import SVGImageExtension
 from rich.color import ColorType
 from rich.style import Style
@@ -66,16 +67,6 @@ def session(tmp_path: Path, add3: LoadedModel) -> Session:
 
 def make_app(session: Session, **kwargs: Any) -> WorkbenchApp:
     return WorkbenchApp(session, keymap=kwargs.pop("keymap", {}), **kwargs)
-
-
-async def settle(app: WorkbenchApp, pilot: Pilot[None], timeout: float = 30.0) -> None:
-    """Wait until the session is open and every queued command has been shown."""
-    deadline = time.monotonic() + timeout
-    await pilot.pause()
-    while not app.ready or app.busy or app._queue:
-        assert time.monotonic() < deadline, "the app did not settle"
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 def recorder() -> tuple[list[Message], Callable[[Message], None]]:

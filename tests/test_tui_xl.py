@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from textual.pilot import Pilot
+from pilot_helpers import settle
 
 from workbench.graph import Graph
 from workbench.model import LoadedModel, load_model
@@ -60,15 +60,6 @@ def xl_session(tmp_path: Path, xl_model: LoadedModel) -> Session:
     s = Session(tmp_path / "xl.jsonl", model=xl_model)
     assert s.execute("task addition digits=3 n=8").ok
     return s
-
-
-async def settle(app: WorkbenchApp, pilot: Pilot[None], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    await pilot.pause()
-    while not app.ready or app.busy or app._queue:
-        assert time.monotonic() < deadline, "the app did not settle"
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 def line_text(grid: HeadGrid, y: int) -> str:
